@@ -1,0 +1,168 @@
+"""GenSAR on one Amazon review category.
+
+Usage:
+  python -m gensar_jax.main --config=configs/amazon.py:category=Office_Products,preset=cpu \
+      --config.data.raw_dir=../shared/data/amazon-office --workdir=/tmp/office
+
+The argument string is `key=value` pairs separated by commas:
+  category: the NAME in reviews_NAME_5.json[.gz] / meta_NAME.json[.gz].
+  preset:   `paper` (the paper's sizes: t5-small, 500-epoch quantizer, 200 epochs of
+            training; meant for an accelerator) or `cpu` (sizes that finish on a 2-core
+            machine in well under an hour for a category the size of Office).
+Every field below can be overridden with `--config.<section>.<field>=value`.
+"""
+
+import ml_collections
+
+PRESETS = ("paper", "cpu")
+
+
+def parse_arg(arg: str | None) -> dict[str, str]:
+  """Parses "category=NAME,preset=cpu" into a dict (defaults filled in)."""
+  out = {"category": "Electronics", "preset": "paper"}
+  for part in (arg or "").split(","):
+    if not part.strip():
+      continue
+    if "=" not in part:
+      raise ValueError(f"config argument {part!r} is not key=value")
+    key, value = part.split("=", 1)
+    if key.strip() not in out:
+      raise ValueError(f"unknown config argument {key!r}; known: {sorted(out)}")
+    out[key.strip()] = value.strip()
+  if out["preset"] not in PRESETS:
+    raise ValueError(f"preset must be one of {PRESETS}, got {out['preset']!r}")
+  return out
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the full pipeline config for one category and preset."""
+  args = parse_arg(arg)
+  paper = args["preset"] == "paper"
+  c = ml_collections.ConfigDict()
+  c.preset = args["preset"]  # Which preset built this config (informational).
+  c.seed = 42  # Master seed; every stage derives its own RNG streams from it.
+  c.stages = "all"  # Comma-separated stages to run ("all": every implemented stage).
+  c.distributed = False  # Call jax.distributed.initialize() (multi-host launches).
+
+  # ---------------------------------------------------------------- data (DESIGN §1)
+  c.data = d = ml_collections.ConfigDict()
+  d.category = args["category"]  # NAME in reviews_NAME_5.json[.gz] and meta_NAME.json[.gz].
+  d.raw_dir = ""  # Folder with the raw McAuley files (also the TFDS manual_dir).
+  d.demo = False  # Generate the embedded synthetic demo world into raw_dir first.
+  d.demo_users = 600  # Demo world: number of users.
+  d.demo_items = 300  # Demo world: number of items.
+  d.max_rec_his_len = 5  # Recommendation events kept in a target's history.
+  d.max_src_his_len = 5  # Search sessions kept in a target's history.
+  d.min_targets = 3  # A user is kept for a task with at least this many targets.
+  d.num_negatives = 99  # Negatives per validation/test target (candidates = 1 + this).
+  d.query_min_word_count = 5  # Built queries keep words seen at least this often in reviews.
+  d.bm25_top_k = 200  # BM25 hits retrieved per search target before removing the positive.
+
+  # -------------------------------------------------------------- embed (DESIGN §2)
+  c.embed = e = ml_collections.ConfigDict()
+  e.text_encoder_dir = ""  # Local HF-style encoder folder ("" = bundled all-MiniLM-L6-v2).
+  e.max_text_len = 256  # Token limit of item text (title + description).
+  e.batch_size = 64  # Texts per encoder batch (batches are length-bucketed).
+  e.sasrec = s = ml_collections.ConfigDict()
+  s.max_len = 50  # Recommendation history length SASRec attends over.
+  s.hidden = 64  # Embedding width = the collaborative embedding dim d_c.
+  s.num_layers = 2  # Self-attention blocks.
+  s.num_heads = 1  # Attention heads.
+  s.dropout = 0.2  # Dropout rate on embeddings and blocks.
+  s.learning_rate = 1e-3  # Adam learning rate.
+  s.batch_size = 128  # Sequences per step.
+  s.epochs = 200 if paper else 60  # Passes over the training sequences.
+
+  # --------------------------------------------------------- identifiers (DESIGN §3)
+  c.identifiers = q = ml_collections.ConfigDict()
+  q.variant = "joint"  # "joint", "semantic" (only-semantic) or "collaborative" (only-collab).
+  q.num_shared_levels = 2  # L_m: shared codebooks on [z_s; z_c].
+  q.num_specific_levels = 2  # L_n: specific codebooks on each half.
+  q.codebook_size = 256  # K: codes per codebook.
+  q.latent_dim = 64  # Width of [z_s; z_c] (each half is latent_dim // 2).
+  q.hidden_dims = (512, 256, 128, 64)  # Encoder MLP hidden widths (decoders mirror them).
+  q.commitment = 0.25  # alpha in mse(e, sg(r)) + alpha * mse(sg(e), r).
+  q.sinkhorn_epsilon = 0.003  # Sinkhorn entropy weight on distances rescaled to [-1, 1].
+  q.sinkhorn_iters = 50  # Sinkhorn iterations.
+  q.learning_rate = 1e-3  # AdamW learning rate.
+  q.weight_decay = 1e-5  # AdamW weight decay.
+  q.batch_size = 1024  # Items per step.
+  q.epochs = 500 if paper else 200  # Passes over the catalog.
+  q.warmup_epochs = 50 if paper else 20  # Linear warmup before linear decay.
+  q.grad_clip = 1.0  # Global gradient-norm clip.
+  q.eval_every_epochs = 10  # Collision rate is measured (and the best kept) this often.
+
+  # ------------------------------------------------------------ doc2query (DESIGN §4)
+  c.doc2query = g = ml_collections.ConfigDict()
+  g.enabled = True  # Train doc2query and add the ad-hoc search task.
+  g.num_queries = 1  # Pseudo-queries generated per item.
+
+  # ------------------------------------------------------- tokenizer / model (§5)
+  c.tokenizer = t = ml_collections.ConfigDict()
+  t.pretrained_dir = ""  # Local HF T5 tokenizer folder ("" = train one on the dataset text).
+  t.vocab_size = 8000  # Vocabulary of a tokenizer trained on the dataset (before added tokens).
+
+  c.model = m = ml_collections.ConfigDict()
+  m.init_checkpoint_dir = ""  # Local HF T5 folder to start from ("" = from scratch).
+  m.d_model = 512 if paper else 128  # Hidden width.
+  m.d_ff = 2048 if paper else 512  # Feed-forward width.
+  m.num_encoder_layers = 6 if paper else 2  # Encoder blocks.
+  m.num_decoder_layers = 6 if paper else 2  # Decoder blocks.
+  m.num_heads = 8 if paper else 4  # Attention heads.
+  m.d_kv = 64 if paper else 32  # Per-head key/value width.
+  m.relative_attention_num_buckets = 32  # Relative position buckets.
+  m.relative_attention_max_distance = 128  # Largest distinguished relative distance.
+  m.dropout_rate = 0.1  # Dropout during training.
+  m.dtype = "float32"  # Activation dtype ("bfloat16" for bf16 training).
+
+  # ------------------------------------------------------------- tasks (DESIGN §4)
+  c.tasks = k = ml_collections.ConfigDict()
+  k.behaviour_tokens = True  # Write <R_I>, <S_Q>, <S_I> before history entries and targets.
+  k.num_phrasings = 10  # Instruction phrasings per task (one sampled per example).
+  k.max_query_tokens = 64  # Token limit of one query.
+  k.max_text_tokens = 256  # Token limit of item text.
+  k.max_source_len = 512 if paper else 256  # Token limit of an encoder input.
+  k.max_target_len = 64  # Token limit of a decoder target.
+  # Rows per epoch per task (-1 = every available row; 0 = task off). Paper's mixture.
+  k.counts = ml_collections.ConfigDict(
+      dict(nrip=-1, nsip=100_000, nsqp=1_000, adhoc=1_000, desc2id=2_000, id2desc=2_000)
+  )
+
+  # ------------------------------------------------------------- train (DESIGN §5)
+  c.train = r = ml_collections.ConfigDict()
+  r.learning_rate = 1e-3  # Peak AdamW learning rate.
+  r.warmup_frac = 0.01  # Fraction of steps of linear warmup before cosine decay.
+  r.weight_decay = 1e-7  # AdamW weight decay.
+  r.batch_size = 8192 if paper else 64  # Global examples per optimizer step.
+  r.grad_accum_steps = 32 if paper else 1  # Micro-batches per optimizer step.
+  r.epochs = 200 if paper else 10  # Passes over the task mixture.
+  r.grad_clip = 1.0  # Global gradient-norm clip.
+  r.log_every_steps = 50  # Console/TensorBoard logging interval.
+  r.checkpoint_every_steps = 1000 if paper else 200  # Orbax save interval.
+  r.eval_every_epochs = 1  # Validation (NDCG@5 per task) interval.
+  r.eval_rows = 10_000 if paper else 500  # Validation rows per task (the last ones).
+  r.max_to_keep = 2  # Periodic checkpoints kept (the best is kept besides).
+
+  # --------------------------------------------------------------- mesh (DESIGN §5)
+  c.mesh = h = ml_collections.ConfigDict()
+  h.data_axis = "data"  # Mesh axis the batch is sharded over.
+  h.shard_params = False  # FSDP: shard large parameters over the data axis.
+
+  # ---------------------------------------------------------------- eval (DESIGN §6)
+  c.eval = v = ml_collections.ConfigDict()
+  v.beam_size = 30  # Beam width of the constrained search.
+  v.batch_size = 32  # Examples per decoding batch.
+  v.score = "allowed"  # "allowed": softmax over allowed tokens; "full": over the vocabulary.
+  v.full_catalog = True  # Also rank against the whole catalog.
+  v.max_examples = 0  # Limit test rows per task (0 = all).
+
+  # -------------------------------------------------------------------- report (§7)
+  c.report = p = ml_collections.ConfigDict()
+  p.plots = True  # Write PNG plots next to the tables.
+
+  # --------------------------------------------------------------- infer (issue 10)
+  c.infer = i = ml_collections.ConfigDict()
+  i.requests = ""  # JSONL file of requests.
+  i.output = ""  # JSONL file of answers.
+  i.k = 10  # Items per answer.
+  return c

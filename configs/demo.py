@@ -1,0 +1,33 @@
+"""The embedded demo: a generated world in the McAuley layout, every stage, small sizes.
+
+  python -m gensar_jax.main --config=configs/demo.py --workdir=/tmp/gensar_demo
+
+Generates a synthetic category (no real data ships with the project) into
+`<workdir>/raw` unless `--config.data.raw_dir` is given, then runs every stage with
+`preset=cpu` sizes shrunk further so the whole pipeline takes a few minutes on 2 cores.
+"""
+
+import importlib.util
+import pathlib
+
+import ml_collections
+
+
+def _amazon():
+  path = pathlib.Path(__file__).with_name("amazon.py")
+  spec = importlib.util.spec_from_file_location("gensar_configs_amazon", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The amazon config at `preset=cpu`, pointed at the generated demo world."""
+  del arg
+  c = _amazon().get_config("category=Demo,preset=cpu")
+  c.data.demo = True  # Generate the demo world (into <workdir>/raw when raw_dir is "").
+  c.embed.sasrec.epochs = 30  # Short SASRec training.
+  c.identifiers.epochs = 100  # Short quantizer training.
+  c.identifiers.warmup_epochs = 10  # Short warmup to match.
+  c.train.epochs = 3  # A few passes over the task mixture.
+  return c

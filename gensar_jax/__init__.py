@@ -1,0 +1,1 @@
+"""gensar_jax: joint generative search and recommendation (GenSAR) in JAX/Flax."""

@@ -1,0 +1,219 @@
+"""The stage runner: ordered stages, caching by fingerprint, one summary per stage.
+
+Every stage is a module with `run(config, ctx) -> dict` (the summary) and optionally
+`validate(config)` (raise `PipelineError` with one clear message). A stage keeps its
+outputs under `<workdir>/<stage>/` and is skipped when its fingerprint (its config
+sections plus the fingerprints of the stages it reads) matches the one recorded when
+it last finished. A run that was cut off leaves a `started` fingerprint: the same
+config resumes into the same directory (the train stage continues from its last
+checkpoint), a different config starts the stage afresh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import pathlib
+import shutil
+import time
+from typing import Any
+
+from absl import logging
+import ml_collections
+
+
+class PipelineError(Exception):
+  """A user-facing error: bad config, bad input, missing upstream outputs."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One pipeline stage.
+
+  Attributes:
+    name: directory name under the workdir and the name used in `config.stages`.
+    module: module holding `run(config, ctx)` (and optionally `validate(config)`).
+    inputs: stages whose outputs this one reads.
+    config_keys: top-level config sections that determine this stage's outputs.
+    cached: whether a finished stage is skipped when its fingerprint is unchanged.
+  """
+
+  name: str
+  module: str
+  inputs: tuple[str, ...]
+  config_keys: tuple[str, ...]
+  cached: bool = True
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("data", "gensar_jax.data.stage", (), ("data",)),
+    Stage("embed", "gensar_jax.embed.stage", ("data",), ("embed",)),
+    Stage("identifiers", "gensar_jax.identifiers.stage", ("data", "embed"), ("identifiers",)),
+    Stage("doc2query", "gensar_jax.doc2query.stage", ("data",), ("doc2query",)),
+    Stage(
+        "train",
+        "gensar_jax.train.stage",
+        ("data", "identifiers", "doc2query"),
+        ("model", "tokenizer", "tasks", "train", "mesh"),
+    ),
+    Stage("eval", "gensar_jax.evaluation.stage", ("data", "identifiers", "train", "embed"), ("eval",)),
+    Stage("report", "gensar_jax.report.stage", ("data", "identifiers", "eval"), ("report",), cached=False),
+    Stage("infer", "gensar_jax.inference.stage", ("train",), ("infer",), cached=False),
+)
+_BY_NAME = {s.name: s for s in STAGES}
+# Stages that run when `config.stages` is "all" (inference needs a request file).
+_DEFAULT_EXCLUDED = ("infer",)
+
+_STARTED = ".started"
+_DONE = ".done"
+SUMMARY = "summary.json"
+
+
+def available_stages() -> list[str]:
+  """Names of the stages whose modules exist in this installation, in order."""
+  return [s.name for s in STAGES if importlib.util.find_spec(s.module) is not None]
+
+
+def parse_stages(spec: str) -> list[str]:
+  """Turns `config.stages` ("all" or "data,embed,...") into ordered stage names."""
+  names = [n.strip() for n in spec.split(",") if n.strip()]
+  if names in ([], ["all"]):
+    return [n for n in available_stages() if n not in _DEFAULT_EXCLUDED]
+  unknown = [n for n in names if n not in _BY_NAME]
+  if unknown:
+    raise PipelineError(
+        f"unknown stage(s) {unknown} in config.stages; known: {[s.name for s in STAGES]}"
+    )
+  missing = [n for n in names if n not in available_stages()]
+  if missing:
+    raise PipelineError(f"stage(s) {missing} are not implemented in this version")
+  return [s.name for s in STAGES if s.name in names]
+
+
+@dataclasses.dataclass(frozen=True)
+class StageContext:
+  """What a stage's `run` gets besides the config: where to read and write."""
+
+  workdir: pathlib.Path
+  name: str
+
+  @property
+  def dir(self) -> pathlib.Path:
+    """This stage's output directory (exists when `run` is called)."""
+    return self.workdir / self.name
+
+  def input_dir(self, stage: str) -> pathlib.Path:
+    """The output directory of a finished upstream stage."""
+    path = self.workdir / stage
+    if not (path / _DONE).exists():
+      raise PipelineError(
+          f"stage '{self.name}' needs the outputs of stage '{stage}' in {path}; "
+          f"run it first (add '{stage}' to --config.stages)"
+      )
+    return path
+
+  def has_input(self, stage: str) -> bool:
+    """Whether an optional upstream stage has finished."""
+    return (self.workdir / stage / _DONE).exists()
+
+
+def _section(config: ml_collections.ConfigDict, key: str) -> Any:
+  value = config.get(key)
+  if isinstance(value, ml_collections.ConfigDict):
+    return value.to_dict()
+  return value
+
+
+def fingerprint(config: ml_collections.ConfigDict, stage: Stage, workdir: pathlib.Path) -> str:
+  """Hash of the stage's config sections, the seed and its inputs' fingerprints."""
+  parts: dict[str, Any] = {
+      "stage": stage.name,
+      "seed": config.get("seed"),
+      "config": {k: _section(config, k) for k in stage.config_keys},
+      "inputs": {},
+  }
+  for name in stage.inputs:
+    done = workdir / name / _DONE
+    parts["inputs"][name] = done.read_text().strip() if done.exists() else None
+  blob = json.dumps(parts, sort_keys=True, default=str)
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
+  """Writes JSON to `path` through a temporary file and a rename."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+  os.replace(tmp, path)
+
+
+def write_text_atomic(path: pathlib.Path, text: str) -> None:
+  """Writes text to `path` through a temporary file and a rename."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+def _json_default(obj: Any) -> Any:
+  if hasattr(obj, "tolist"):
+    return obj.tolist()
+  raise TypeError(f"not JSON serialisable: {type(obj)}")
+
+
+def read_summary(workdir: str | os.PathLike, stage: str) -> dict:
+  """The `summary.json` a finished stage wrote."""
+  return json.loads((pathlib.Path(workdir) / stage / SUMMARY).read_text())
+
+
+def validate(config: ml_collections.ConfigDict, names: list[str]) -> None:
+  """Runs every selected stage's `validate(config)` before any work starts."""
+  for name in names:
+    module = importlib.import_module(_BY_NAME[name].module)
+    check = getattr(module, "validate", None)
+    if check is not None:
+      check(config)
+
+
+def run_stage(config: ml_collections.ConfigDict, workdir: pathlib.Path, name: str) -> dict:
+  """Runs one stage unless its cached outputs are current; returns its summary."""
+  stage = _BY_NAME[name]
+  ctx = StageContext(workdir, name)
+  fp = fingerprint(config, stage, workdir)
+  done, started = ctx.dir / _DONE, ctx.dir / _STARTED
+  if stage.cached and done.exists() and done.read_text().strip() == fp:
+    logging.info("stage %s: up to date (%s), skipped", name, fp)
+    return read_summary(workdir, name)
+  if ctx.dir.exists():
+    same_attempt = started.exists() and started.read_text().strip() == fp
+    if not same_attempt and stage.cached:
+      shutil.rmtree(ctx.dir)
+  ctx.dir.mkdir(parents=True, exist_ok=True)
+  done.unlink(missing_ok=True)
+  write_text_atomic(started, fp + "\n")
+  logging.info("stage %s: running (%s)", name, fp)
+  start = time.time()
+  module = importlib.import_module(stage.module)
+  summary = dict(module.run(config, ctx) or {})
+  summary["wall_s"] = round(time.time() - start, 2)
+  write_json_atomic(ctx.dir / SUMMARY, summary)
+  write_text_atomic(done, fp + "\n")
+  logging.info("stage %s: done in %.1f s", name, summary["wall_s"])
+  return summary
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, dict]:
+  """Runs the stages named in `config.stages` in pipeline order.
+
+  Returns:
+    Each stage's summary, by stage name.
+  """
+  names = parse_stages(config.get("stages", "all"))
+  validate(config, names)
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  return {name: run_stage(config, workdir, name) for name in names}

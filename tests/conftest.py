@@ -1,0 +1,21 @@
+"""Test set-up: 8 simulated CPU devices for the multi-device tests, shared fixtures."""
+
+import os
+import pathlib
+
+# Must happen before jax is imported anywhere.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+OFFICE_DIR = REPO.parent / "shared" / "data" / "amazon-office"
+
+
+@pytest.fixture
+def office_dir() -> pathlib.Path:
+  """The real Amazon Office folder; skips the test when it is absent."""
+  if not (OFFICE_DIR / "reviews_Office_Products_5.json.gz").exists():
+    pytest.skip(f"real data not found at {OFFICE_DIR}")
+  return OFFICE_DIR

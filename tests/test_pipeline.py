@@ -1,0 +1,64 @@
+"""Tests of the stage runner: stage parsing, caching by fingerprint, resume."""
+
+import json
+import sys
+import types
+
+import ml_collections
+import pytest
+
+from gensar_jax import pipeline
+
+
+def _config(**data):
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.stages = "data"
+  c.data = ml_collections.ConfigDict(dict(x=1, **data))
+  return c
+
+
+def test_parse_stages_orders_and_rejects_unknown(monkeypatch):
+  monkeypatch.setattr(pipeline, "available_stages", lambda: ["data", "embed", "train"])
+  assert pipeline.parse_stages("train, data") == ["data", "train"]
+  assert pipeline.parse_stages("all") == ["data", "embed", "train"]
+  with pytest.raises(pipeline.PipelineError, match="not implemented"):
+    pipeline.parse_stages("eval")
+  with pytest.raises(pipeline.PipelineError, match="unknown stage"):
+    pipeline.parse_stages("data,bogus")
+  assert pipeline.parse_stages(" data ") == ["data"]
+
+
+@pytest.fixture
+def fake_data_stage(monkeypatch):
+  calls = []
+  module = types.ModuleType("fake_stage")
+
+  def run(config, ctx):
+    calls.append(config.data.x)
+    (ctx.dir / "out.txt").write_text(str(config.data.x))
+    return {"x": config.data.x}
+
+  module.run = run
+  monkeypatch.setitem(sys.modules, "fake_stage", module)
+  stage = pipeline.Stage("data", "fake_stage", (), ("data",))
+  monkeypatch.setattr(pipeline, "_BY_NAME", {"data": stage})
+  monkeypatch.setattr(pipeline, "available_stages", lambda: ["data"])
+  return calls
+
+
+def test_stage_is_cached_until_its_config_changes(tmp_path, fake_data_stage):
+  first = pipeline.run(_config(), tmp_path)
+  assert first["data"]["x"] == 1
+  pipeline.run(_config(), tmp_path)
+  assert fake_data_stage == [1]  # Second run skipped.
+  summary = json.loads((tmp_path / "data" / "summary.json").read_text())
+  assert summary["x"] == 1 and summary["wall_s"] >= 0
+  pipeline.run(_config(x_extra=2), tmp_path)
+  assert fake_data_stage == [1, 1]  # Config changed: ran again.
+
+
+def test_missing_upstream_is_a_clear_error(tmp_path):
+  ctx = pipeline.StageContext(tmp_path, "embed")
+  with pytest.raises(pipeline.PipelineError, match="run it first"):
+    ctx.input_dir("data")
