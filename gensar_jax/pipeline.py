@@ -40,6 +40,8 @@ class Stage:
     inputs: stages whose outputs this one reads.
     config_keys: top-level config sections that determine this stage's outputs.
     cached: whether a finished stage is skipped when its fingerprint is unchanged.
+    all_hosts: in a multi-host run, whether every process runs it (sharded work:
+      training, decoding); otherwise process 0 runs it and the others wait for it.
   """
 
   name: str
@@ -47,22 +49,27 @@ class Stage:
   inputs: tuple[str, ...]
   config_keys: tuple[str, ...]
   cached: bool = True
+  all_hosts: bool = False
 
 
 STAGES: tuple[Stage, ...] = (
     Stage("data", "gensar_jax.data.stage", (), ("data",)),
     Stage("embed", "gensar_jax.embed.stage", ("data",), ("embed",)),
     Stage("identifiers", "gensar_jax.identifiers.stage", ("data", "embed"), ("identifiers",)),
-    Stage("doc2query", "gensar_jax.doc2query.stage", ("data",), ("doc2query",)),
+    Stage("doc2query", "gensar_jax.doc2query.stage", ("data",), ("doc2query",), all_hosts=True),
     Stage(
         "train",
         "gensar_jax.train.stage",
         ("data", "identifiers", "doc2query"),
         ("model", "tokenizer", "tasks", "train", "mesh"),
+        all_hosts=True,
     ),
-    Stage("eval", "gensar_jax.evaluation.stage", ("data", "identifiers", "train", "embed"), ("eval",)),
+    Stage(
+        "eval", "gensar_jax.evaluation.stage", ("data", "identifiers", "train", "embed"), ("eval",),
+        all_hosts=True,
+    ),
     Stage("report", "gensar_jax.report.stage", ("data", "identifiers", "eval"), ("report",), cached=False),
-    Stage("infer", "gensar_jax.inference.stage", ("train",), ("infer",), cached=False),
+    Stage("infer", "gensar_jax.inference.stage", ("train",), ("infer",), cached=False, all_hosts=True),
 )
 _BY_NAME = {s.name: s for s in STAGES}
 # Stages that run when `config.stages` is "all" (inference needs a request file).
@@ -179,8 +186,31 @@ def validate(config: ml_collections.ConfigDict, names: list[str]) -> None:
       check(config)
 
 
+def _process_index(config: ml_collections.ConfigDict) -> int:
+  if not config.get("distributed", False):
+    return 0
+  import jax  # pylint: disable=g-import-not-at-top
+
+  return jax.process_index()
+
+
+def _wait_for(path: pathlib.Path, content: str, what: str, poll_s: float = 5.0) -> None:
+  """Blocks until `path` holds `content` (written by process 0 on a shared workdir)."""
+  waited = 0.0
+  while not (path.exists() and path.read_text().strip() == content):
+    if waited and waited % 300 < poll_s:
+      logging.info("waiting for process 0 to finish %s (%.0f s)", what, waited)
+    time.sleep(poll_s)
+    waited += poll_s
+
+
 def run_stage(config: ml_collections.ConfigDict, workdir: pathlib.Path, name: str) -> dict:
-  """Runs one stage unless its cached outputs are current; returns its summary."""
+  """Runs one stage unless its cached outputs are current; returns its summary.
+
+  In a multi-host run process 0 owns the stage directory: it alone clears it and
+  writes the summary; other processes wait for it, and join the work only for stages
+  marked `all_hosts`.
+  """
   stage = _BY_NAME[name]
   ctx = StageContext(workdir, name)
   fp = fingerprint(config, stage, workdir)
@@ -188,6 +218,13 @@ def run_stage(config: ml_collections.ConfigDict, workdir: pathlib.Path, name: st
   if stage.cached and done.exists() and done.read_text().strip() == fp:
     logging.info("stage %s: up to date (%s), skipped", name, fp)
     return read_summary(workdir, name)
+  if _process_index(config) != 0:
+    if not stage.all_hosts:
+      _wait_for(done, fp, f"stage {name}")
+      return read_summary(workdir, name)
+    _wait_for(started, fp, f"preparing stage {name}")
+    module = importlib.import_module(stage.module)
+    return dict(module.run(config, ctx) or {})
   if ctx.dir.exists():
     same_attempt = started.exists() and started.read_text().strip() == fp
     if not same_attempt and stage.cached:
