@@ -43,6 +43,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 42  # Master seed; every stage derives its own RNG streams from it.
   c.stages = "all"  # Comma-separated stages to run ("all": every implemented stage).
   c.distributed = False  # Call jax.distributed.initialize() (multi-host launches).
+  c.ablation = ""  # Name of the ablation this run is (set by configs/ablation.py).
+  c.reuse_from = ""  # Another workdir whose finished stages are reused when their fingerprints match.
 
   # ---------------------------------------------------------------- data (DESIGN §1)
   c.data = d = ml_collections.ConfigDict()

@@ -204,6 +204,28 @@ def _wait_for(path: pathlib.Path, content: str, what: str, poll_s: float = 5.0) 
     waited += poll_s
 
 
+def _link_tree(src: pathlib.Path, dst: pathlib.Path) -> None:
+  """Copies a finished stage directory as hard links (plain copies across devices).
+
+  Stages never modify a finished directory in place: a rerun deletes it first, so
+  the linked files of the run it came from are never changed.
+  """
+  if dst.exists():
+    shutil.rmtree(dst)
+  tmp = dst.with_name(dst.name + ".linking")
+  if tmp.exists():
+    shutil.rmtree(tmp)
+
+  def link(s, d):
+    try:
+      os.link(s, d)
+    except OSError:
+      shutil.copy2(s, d)
+
+  shutil.copytree(src, tmp, copy_function=link, symlinks=True)
+  os.replace(tmp, dst)
+
+
 def run_stage(config: ml_collections.ConfigDict, workdir: pathlib.Path, name: str) -> dict:
   """Runs one stage unless its cached outputs are current; returns its summary.
 
@@ -218,6 +240,12 @@ def run_stage(config: ml_collections.ConfigDict, workdir: pathlib.Path, name: st
   if stage.cached and done.exists() and done.read_text().strip() == fp:
     logging.info("stage %s: up to date (%s), skipped", name, fp)
     return read_summary(workdir, name)
+  source = pathlib.Path(config.get("reuse_from", "") or workdir) / name
+  if stage.cached and source != ctx.dir and _process_index(config) == 0:
+    if (source / _DONE).exists() and (source / _DONE).read_text().strip() == fp:
+      _link_tree(source, ctx.dir)
+      logging.info("stage %s: reused from %s (%s)", name, source, fp)
+      return read_summary(workdir, name)
   if _process_index(config) != 0:
     if not stage.all_hosts:
       _wait_for(done, fp, f"stage {name}")

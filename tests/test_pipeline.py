@@ -62,3 +62,17 @@ def test_missing_upstream_is_a_clear_error(tmp_path):
   ctx = pipeline.StageContext(tmp_path, "embed")
   with pytest.raises(pipeline.PipelineError, match="run it first"):
     ctx.input_dir("data")
+
+
+def test_finished_stage_is_reused_from_another_workdir(tmp_path, fake_data_stage):
+  pipeline.run(_config(), tmp_path / "main")
+  config = _config()
+  config.reuse_from = str(tmp_path / "main")
+  pipeline.run(config, tmp_path / "ablation")
+  assert fake_data_stage == [1]  # Linked, not recomputed.
+  assert (tmp_path / "ablation" / "data" / "out.txt").read_text() == "1"
+  config = _config(x_extra=3)
+  config.reuse_from = str(tmp_path / "main")
+  pipeline.run(config, tmp_path / "ablation")
+  assert fake_data_stage == [1, 1]  # Different fingerprint: computed afresh.
+  assert (tmp_path / "main" / "data" / "out.txt").read_text() == "1"
