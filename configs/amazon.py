@@ -74,6 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   s.learning_rate = 1e-3  # Adam learning rate.
   s.batch_size = 128  # Sequences per step.
   s.epochs = 200 if paper else 60  # Passes over the training sequences.
+  s.loss = "softmax"  # "softmax": full-catalog cross-entropy; "bce": one sampled negative.
 
   # --------------------------------------------------------- identifiers (DESIGN §3)
   c.identifiers = q = ml_collections.ConfigDict()
@@ -144,6 +145,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   r.eval_every_epochs = 1  # Validation (NDCG@5 per task) interval.
   r.eval_rows = 10_000 if paper else 500  # Validation rows per task (the last ones).
   r.max_to_keep = 2  # Periodic checkpoints kept (the best is kept besides).
+  r.max_steps = 0  # Stop after this many optimizer steps (0 = run every epoch).
 
   # --------------------------------------------------------------- mesh (DESIGN §5)
   c.mesh = h = ml_collections.ConfigDict()

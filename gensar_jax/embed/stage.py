@@ -1,0 +1,141 @@
+"""The embed stage: semantic (text encoder) and collaborative (SASRec) item embeddings.
+
+Outputs in the stage directory, rows in catalog item order:
+  semantic.npy       float32 [N, d_s]  text encoder over title + description
+  collaborative.npy  float32 [N, d_c]  SASRec's item table (padding row dropped)
+  item_ids.npy       str [N]           the catalog's item ids, to check alignment
+  sasrec_config.json, sasrec_params.msgpack  the trained SASRec (`sasrec.load(dir)`)
+Items with neither title nor description get the embedding of the empty string (the
+encoder's [CLS] [SEP] input); items with a title only are encoded from the title.
+SASRec trains on `catalog.rec_train_sequences` only and is scored on the
+recommendation test rows (100 candidates and the full catalog).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from typing import Any
+
+from absl import logging
+import ml_collections
+import numpy as np
+
+from gensar_jax import pipeline
+from gensar_jax.data import schema
+from gensar_jax.embed import sasrec
+from gensar_jax.embed import text_encoder
+
+SEMANTIC = "semantic.npy"
+COLLABORATIVE = "collaborative.npy"
+ITEM_IDS = "item_ids.npy"
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the embed section before any stage runs."""
+  e = config.embed
+  if e.text_encoder_dir:
+    if not pathlib.Path(e.text_encoder_dir).is_dir():
+      raise pipeline.PipelineError(
+          f"config.embed.text_encoder_dir {e.text_encoder_dir!r} is not a folder")
+  else:
+    text_encoder.default_encoder_dir()
+  if e.max_text_len < 2 or e.batch_size < 1:
+    raise pipeline.PipelineError("config.embed.max_text_len must be >= 2 and batch_size >= 1")
+  s = e.sasrec
+  if s.loss not in sasrec.LOSSES:
+    raise pipeline.PipelineError(f"config.embed.sasrec.loss must be one of {sasrec.LOSSES}, got {s.loss!r}")
+  if s.hidden % s.num_heads:
+    raise pipeline.PipelineError("config.embed.sasrec.hidden must be divisible by num_heads")
+
+
+def semantic_embeddings(config: ml_collections.ConfigDict, catalog: schema.Catalog
+                        ) -> tuple[np.ndarray, dict[str, Any]]:
+  """Encodes every item's title + description; returns [N, d_s] and a summary."""
+  e = config.embed
+  start = time.time()
+  encoder = text_encoder.load(e.text_encoder_dir, e.max_text_len)
+  load_s = time.time() - start
+  texts = [catalog.item_text(i) for i in range(catalog.num_items)]
+  start = time.time()
+  vectors = text_encoder.encode(encoder, texts, e.batch_size, progress=True)
+  encode_s = time.time() - start
+  has_title = np.array([bool(t) for t in catalog.titles])
+  has_desc = np.array([bool(d) for d in catalog.descriptions])
+  summary = {
+      "encoder_dir": str(encoder.folder),
+      "pooling": encoder.pooling,
+      "normalized": encoder.normalize,
+      "max_len": encoder.max_len,
+      "dim": encoder.dim,
+      "items_without_text": int((~has_title & ~has_desc).sum()),
+      "items_title_only": int((has_title & ~has_desc).sum()),
+      "without_text_gets": "embedding of the empty string",
+      "load_s": round(load_s, 2),
+      "encode_s": round(encode_s, 2),
+      "items_per_s": round(catalog.num_items / max(encode_s, 1e-9), 1),
+  }
+  return vectors, summary
+
+
+def compute(config: ml_collections.ConfigDict, catalog: schema.Catalog, out_dir: pathlib.Path,
+            test_rows: Any, validation_rows: Any) -> dict[str, Any]:
+  """Writes both embedding matrices and the SASRec model; returns the stage summary.
+
+  Args:
+    config: the pipeline config (its `embed` section and `seed` are read).
+    catalog: the data stage's catalog.
+    out_dir: where the outputs go.
+    test_rows: recommendation test rows (scored for SASRec's metrics).
+    validation_rows: recommendation validation rows (their targets extend the test
+      histories, see `sasrec.row_histories`).
+  """
+  out_dir = pathlib.Path(out_dir)
+  semantic_NxD, sem_summary = semantic_embeddings(config, catalog)
+  logging.info("embed: %d items encoded in %.1f s", catalog.num_items, sem_summary["encode_s"])
+  sas_config = sasrec.SasrecConfig.from_config(config.embed.sasrec.to_dict(), catalog.num_items)
+  model, sas_summary = sasrec.train(catalog.rec_train_sequences, sas_config, seed=config.seed)
+  collaborative_NxD = model.item_table()
+  start = time.time()
+  sas_summary.update(sasrec.evaluate(model, catalog, test_rows, validation_rows, seed=config.seed))
+  sas_summary["eval_s"] = round(time.time() - start, 2)
+  logging.info("sasrec test: sampled %s, full %s", sas_summary["sampled"], sas_summary["full"])
+  np.save(out_dir / SEMANTIC, semantic_NxD.astype(np.float32))
+  np.save(out_dir / COLLABORATIVE, collaborative_NxD.astype(np.float32))
+  np.save(out_dir / ITEM_IDS, np.asarray(catalog.item_ids).astype(str))
+  sasrec.save(model, out_dir)
+  return {
+      "num_items": int(catalog.num_items),
+      "semantic_shape": list(semantic_NxD.shape),
+      "collaborative_shape": list(collaborative_NxD.shape),
+      "semantic": sem_summary,
+      "sasrec": sas_summary,
+  }
+
+
+def run(config: ml_collections.ConfigDict, ctx: pipeline.StageContext) -> dict[str, Any]:
+  """Stage entry point: reads the data stage, writes the embeddings into `ctx.dir`."""
+  from gensar_jax.data import dataset  # pylint: disable=g-import-not-at-top
+
+  data_dir = ctx.input_dir("data")
+  catalog = dataset.load_catalog(data_dir)
+  test_rows = dataset.load_rows(data_dir, "recommendation", "test")
+  validation_rows = dataset.load_rows(data_dir, "recommendation", "validation")
+  return compute(config, catalog, ctx.dir, test_rows, validation_rows)
+
+
+def load_embeddings(embed_dir: str | pathlib.Path, item_ids: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """Reads (semantic [N, d_s], collaborative [N, d_c]) written by this stage.
+
+  Args:
+    embed_dir: the embed stage's output directory.
+    item_ids: when given, the catalog's item ids; a mismatch raises PipelineError.
+  """
+  embed_dir = pathlib.Path(embed_dir)
+  if item_ids is not None:
+    stored = np.load(embed_dir / ITEM_IDS)
+    if len(stored) != len(item_ids) or not np.array_equal(stored, np.asarray(item_ids).astype(str)):
+      raise pipeline.PipelineError(
+          f"{embed_dir / ITEM_IDS} does not match the catalog's items; re-run the embed stage")
+  return np.load(embed_dir / SEMANTIC), np.load(embed_dir / COLLABORATIVE)
