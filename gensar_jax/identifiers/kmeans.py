@@ -1,0 +1,66 @@
+"""A small jitted k-means (k-means++ seeding, then Lloyd iterations) for codebook init."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+
+def _sq_dist(x_NxD: jax.Array, c_KxD: jax.Array) -> jax.Array:
+  return (
+      jnp.sum(x_NxD**2, -1, keepdims=True) - 2.0 * x_NxD @ c_KxD.T + jnp.sum(c_KxD**2, -1)[None]
+  )
+
+
+def kmeans_plus_plus(x_NxD: jax.Array, k: int, key: jax.Array) -> jax.Array:
+  """k-means++ seeding: each next centre drawn with probability ∝ squared distance.
+
+  When fewer than `k` distinct points exist, later draws fall back to uniform and
+  repeat points (the duplicate centres then stay empty in Lloyd's iterations).
+  """
+  n = x_NxD.shape[0]
+  keys = jax.random.split(key, k)
+  first = x_NxD[jax.random.randint(keys[0], (), 0, n)]
+  centres_KxD = jnp.zeros((k, x_NxD.shape[1]), x_NxD.dtype).at[0].set(first)
+  min_d_N = jnp.sum((x_NxD - first) ** 2, -1)
+
+  def body(i, state):
+    centres_KxD, min_d_N = state
+    total = jnp.sum(min_d_N)
+    p_N = jnp.where(total > 0, min_d_N / jnp.where(total > 0, total, 1.0), 1.0 / n)
+    idx = jax.random.choice(keys[i], n, p=p_N)
+    centre = x_NxD[idx]
+    min_d_N = jnp.minimum(min_d_N, jnp.sum((x_NxD - centre) ** 2, -1))
+    return centres_KxD.at[i].set(centre), min_d_N
+
+  centres_KxD, _ = jax.lax.fori_loop(1, k, body, (centres_KxD, min_d_N))
+  return centres_KxD
+
+
+@functools.partial(jax.jit, static_argnames=("k", "iters"))
+def kmeans(x_NxD: jax.Array, k: int, key: jax.Array, iters: int = 50) -> jax.Array:
+  """Cluster centres of `x_NxD`.
+
+  Args:
+    x_NxD: points.
+    k: number of clusters.
+    key: PRNG key of the seeding.
+    iters: Lloyd iterations. A centre that loses all its points keeps its position.
+
+  Returns:
+    centres_KxD.
+  """
+  x_NxD = x_NxD.astype(jnp.float32)
+  centres_KxD = kmeans_plus_plus(x_NxD, k, key)
+
+  def lloyd(_, centres_KxD):
+    assign_N = jnp.argmin(_sq_dist(x_NxD, centres_KxD), -1)
+    onehot_NxK = jax.nn.one_hot(assign_N, k, dtype=x_NxD.dtype)
+    counts_K = jnp.sum(onehot_NxK, 0)
+    sums_KxD = onehot_NxK.T @ x_NxD
+    means_KxD = sums_KxD / jnp.maximum(counts_K, 1.0)[:, None]
+    return jnp.where(counts_K[:, None] > 0, means_KxD, centres_KxD)
+
+  return jax.lax.fori_loop(0, iters, lloyd, centres_KxD)
