@@ -1,0 +1,500 @@
+"""T5 encoder-decoder in Flax linen, with a decoder step API for beam search.
+
+One model, three ways to run it (all through `model.apply(params, ..., method=...)`):
+  * `__call__`: teacher forcing, logits over the whole vocabulary (training);
+  * `encode` + `cross_kv` + `decode_step` + `project`: incremental decoding where the
+    cross-attention keys/values are computed once per example and shared by its W beams,
+    the self-attention keys/values live in a `[L, B, W, T, H, Dk]` cache, and logits
+    can be computed for a subset of token ids only;
+  * `init_cache`: zeros for that cache.
+
+The math is T5's: RMS layer norm (no bias, no mean), dense layers without biases,
+unscaled dot-product attention, relative position buckets (bidirectional in the
+encoder, causal in the decoder) whose bias is computed once per stack and shared by its
+layers, shared input/output embeddings (v1.0: decoder output scaled by d_model**-0.5)
+or an untied `lm_head` (v1.1), ReLU or gated-GELU feed-forward, dropout.
+Parameters are float32; `T5Config.dtype` is the activation/compute dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+FEED_FORWARDS = ("relu", "gated-gelu")
+_MASKED = -1e9  # Additive attention bias of a masked key (finite: no NaN rows).
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  """Architecture of a T5 model (t5-small: 512/2048/6+6/8 heads/d_kv 64)."""
+
+  vocab_size: int
+  d_model: int
+  d_ff: int
+  num_encoder_layers: int
+  num_decoder_layers: int
+  num_heads: int
+  d_kv: int
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  dropout_rate: float = 0.1
+  layer_norm_epsilon: float = 1e-6
+  dtype: str = "float32"  # Activation/compute dtype; parameters stay float32.
+  pad_id: int = 0
+  eos_id: int = 1
+  decoder_start_id: int = 0
+  tie_word_embeddings: bool = True  # v1.0: logits = hidden * d_model**-0.5 @ E.T.
+  feed_forward: str = "relu"  # "relu" (v1.0) or "gated-gelu" (v1.1).
+
+  def __post_init__(self):
+    if self.feed_forward not in FEED_FORWARDS:
+      raise ValueError(f"feed_forward must be one of {FEED_FORWARDS}, got {self.feed_forward!r}")
+    jnp.dtype(self.dtype)  # Raises on an unknown dtype name.
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
+
+  @classmethod
+  def from_config(cls, model_config: Any, vocab_size: int) -> "T5Config":
+    """Builds a T5Config from the `model` section of the pipeline config.
+
+    Args:
+      model_config: `config.model` (an ml_collections.ConfigDict or a dict).
+      vocab_size: the tokenizer's vocabulary size (added tokens included).
+    Returns:
+      The T5Config; fields the section lacks keep their defaults.
+    """
+    get = model_config.get
+    kwargs = dict(vocab_size=int(vocab_size))
+    for field in dataclasses.fields(cls):
+      if field.name != "vocab_size" and get(field.name, None) is not None:
+        kwargs[field.name] = get(field.name)
+    return cls(**kwargs)
+
+  def to_dict(self) -> dict[str, Any]:
+    """A JSON-serialisable dict of every field."""
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "T5Config":
+    """Inverse of `to_dict` (unknown keys are an error)."""
+    return cls(**d)
+
+
+class CrossKV(NamedTuple):
+  """Cross-attention keys and values of every decoder layer, once per example."""
+
+  k: jax.Array  # [L, B, S, H, Dk]
+  v: jax.Array  # [L, B, S, H, Dk]
+
+
+class SelfCache(NamedTuple):
+  """Decoder self-attention keys and values of every layer, per beam and position."""
+
+  k: jax.Array  # [L, B, W, T, H, Dk]
+  v: jax.Array  # [L, B, W, T, H, Dk]
+
+
+def relative_position_bucket(
+    relative_position: jax.Array, bidirectional: bool, num_buckets: int, max_distance: int
+) -> jax.Array:
+  """T5's bucket of each relative position `key_position - query_position`.
+
+  Half the buckets (all of them when causal) hold exact distances below
+  `num_buckets // 2` (of the half); the rest grow logarithmically up to
+  `max_distance`, beyond which everything shares the last bucket. Bidirectional:
+  keys after the query use the upper half. Causal: keys after the query map to 0.
+
+  Args:
+    relative_position: int array of key minus query positions.
+    bidirectional: encoder (True) or decoder (False) buckets.
+    num_buckets: total number of buckets.
+    max_distance: distance from which the last bucket is used.
+  Returns:
+    int32 array of bucket ids, same shape.
+  """
+  rel = jnp.asarray(relative_position, jnp.int32)
+  bucket = jnp.zeros_like(rel)
+  if bidirectional:
+    num_buckets //= 2
+    bucket = bucket + (rel > 0).astype(jnp.int32) * num_buckets
+    distance = jnp.abs(rel)
+  else:
+    distance = jnp.maximum(-rel, 0)
+  max_exact = num_buckets // 2
+  is_small = distance < max_exact
+  # log of 0 is never used (is_small covers it); clamp to keep the math finite.
+  ratio = jnp.maximum(distance, 1).astype(jnp.float32) / max_exact
+  large = max_exact + (
+      jnp.log(ratio) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
+  ).astype(jnp.int32)
+  large = jnp.minimum(large, num_buckets - 1)
+  return bucket + jnp.where(is_small, distance, large)
+
+
+def _normal(stddev: float):
+  return nn.initializers.normal(stddev=stddev)
+
+
+def _mask_bias(mask: jax.Array) -> jax.Array:
+  """Additive float32 bias: 0 where `mask` is True, a large negative number elsewhere."""
+  return jnp.where(mask, 0.0, _MASKED).astype(jnp.float32)
+
+
+class RMSNorm(nn.Module):
+  """T5 layer norm: x / rms(x) * scale (no mean subtraction, no bias)."""
+
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+    x32 = x.astype(jnp.float32)
+    var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    y = x32 * jax.lax.rsqrt(var + self.config.layer_norm_epsilon)
+    return (y * scale).astype(self.config.compute_dtype)
+
+
+class FeedForward(nn.Module):
+  """wo(dropout(act(wi x))) (relu), or wo(dropout(gelu(wi_0 x) * wi_1 x)) (gated-gelu)."""
+
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+    c = self.config
+    dense = lambda n, fan_in, name: nn.Dense(
+        n, use_bias=False, dtype=c.compute_dtype, param_dtype=jnp.float32,
+        kernel_init=_normal(fan_in**-0.5), name=name)
+    if c.feed_forward == "relu":
+      h = jax.nn.relu(dense(c.d_ff, c.d_model, "wi")(x))
+    else:
+      h = jax.nn.gelu(dense(c.d_ff, c.d_model, "wi_0")(x), approximate=True)
+      h = h * dense(c.d_ff, c.d_model, "wi_1")(x)
+    h = nn.Dropout(c.dropout_rate)(h, deterministic=deterministic)
+    return dense(c.d_model, c.d_ff, "wo")(h)
+
+
+class Attention(nn.Module):
+  """Multi-head attention projections (no biases, no 1/sqrt(d) scaling, as in T5)."""
+
+  config: T5Config
+
+  def setup(self):
+    c = self.config
+    inner = c.num_heads * c.d_kv
+    dense = lambda n, std: nn.Dense(
+        n, use_bias=False, dtype=c.compute_dtype, param_dtype=jnp.float32,
+        kernel_init=_normal(std))
+    # T5's initialisation folds the 1/sqrt(d_kv) attention scale into the query.
+    self.query = dense(inner, (c.d_model * c.d_kv) ** -0.5)
+    self.key = dense(inner, c.d_model**-0.5)
+    self.value = dense(inner, c.d_model**-0.5)
+    self.out = dense(c.d_model, inner**-0.5)
+    self.dropout = nn.Dropout(c.dropout_rate)
+
+  def _heads(self, x: jax.Array) -> jax.Array:
+    return x.reshape(x.shape[:-1] + (self.config.num_heads, self.config.d_kv))
+
+  def q(self, x_xD: jax.Array) -> jax.Array:
+    """Queries `[..., H, Dk]`."""
+    return self._heads(self.query(x_xD))
+
+  def kv(self, x_xD: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Keys and values `[..., H, Dk]`."""
+    return self._heads(self.key(x_xD)), self._heads(self.value(x_xD))
+
+  def merge(self, o_xHxK: jax.Array) -> jax.Array:
+    """Output projection of per-head values `[..., H, Dk]` back to `[..., D]`."""
+    return self.out(o_xHxK.reshape(o_xHxK.shape[:-2] + (-1,)))
+
+  def weights(self, logits: jax.Array, deterministic: bool) -> jax.Array:
+    """Softmax (float32) over the last axis, dropout, cast to the compute dtype."""
+    w = jax.nn.softmax(logits, axis=-1)
+    w = self.dropout(w, deterministic=deterministic)
+    return w.astype(self.config.compute_dtype)
+
+  def __call__(
+      self, xq_BxQxD: jax.Array, xkv_BxKxD: jax.Array, bias: jax.Array, deterministic: bool
+  ) -> jax.Array:
+    """Full-sequence attention; `bias` broadcasts to `[B, H, Q, K]` (float32)."""
+    q_BxQxHxK = self.q(xq_BxQxD)
+    k_BxKxHxK, v_BxKxHxK = self.kv(xkv_BxKxD)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q_BxQxHxK, k_BxKxHxK,
+                        preferred_element_type=jnp.float32) + bias
+    w_BxHxQxK = self.weights(logits, deterministic)
+    o_BxQxHxK = jnp.einsum("bhqk,bkhd->bqhd", w_BxHxQxK, v_BxKxHxK)
+    return self.merge(o_BxQxHxK)
+
+
+class EncoderLayer(nn.Module):
+  """Pre-norm self-attention and feed-forward blocks with residuals."""
+
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x_BxSxD, bias_BxHxSxS, deterministic):
+    c = self.config
+    drop = nn.Dropout(c.dropout_rate)
+    y = RMSNorm(c, name="pre_attention_norm")(x_BxSxD)
+    y = Attention(c, name="attention")(y, y, bias_BxHxSxS, deterministic)
+    x_BxSxD = x_BxSxD + drop(y, deterministic=deterministic)
+    y = FeedForward(c, name="mlp")(RMSNorm(c, name="pre_mlp_norm")(x_BxSxD), deterministic)
+    return x_BxSxD + drop(y, deterministic=deterministic)
+
+
+class DecoderLayer(nn.Module):
+  """Self-attention, cross-attention and feed-forward blocks, full-sequence or one step."""
+
+  config: T5Config
+
+  def setup(self):
+    c = self.config
+    self.pre_self_attention_norm = RMSNorm(c)
+    self.self_attention = Attention(c)
+    self.pre_cross_attention_norm = RMSNorm(c)
+    self.cross_attention = Attention(c)
+    self.pre_mlp_norm = RMSNorm(c)
+    self.mlp = FeedForward(c)
+    self.drop = nn.Dropout(c.dropout_rate)
+
+  def __call__(self, x_BxTxD, enc_BxSxD, self_bias, cross_bias, deterministic):
+    """Teacher forcing over the whole target sequence."""
+    y = self.pre_self_attention_norm(x_BxTxD)
+    y = self.self_attention(y, y, self_bias, deterministic)
+    x_BxTxD = x_BxTxD + self.drop(y, deterministic=deterministic)
+    y = self.pre_cross_attention_norm(x_BxTxD)
+    y = self.cross_attention(y, enc_BxSxD, cross_bias, deterministic)
+    x_BxTxD = x_BxTxD + self.drop(y, deterministic=deterministic)
+    y = self.mlp(self.pre_mlp_norm(x_BxTxD), deterministic)
+    return x_BxTxD + self.drop(y, deterministic=deterministic)
+
+  def cross_kv(self, enc_BxSxD):
+    """This layer's cross-attention keys and values `[B, S, H, Dk]`."""
+    return self.cross_attention.kv(enc_BxSxD)
+
+  def step(self, x_BxWxD, k_BxWxTxHxK, v_BxWxTxHxK, position, self_bias_HxT,
+           cross_k_BxSxHxK, cross_v_BxSxHxK, cross_bias_BxS):
+    """One token per beam; returns the new hidden state and the updated layer cache."""
+    y = self.pre_self_attention_norm(x_BxWxD)
+    q_BxWxHxK = self.self_attention.q(y)
+    k_new, v_new = self.self_attention.kv(y)
+    start = (0, 0, position, 0, 0)
+    k_BxWxTxHxK = jax.lax.dynamic_update_slice(
+        k_BxWxTxHxK, k_new[:, :, None].astype(k_BxWxTxHxK.dtype), start)
+    v_BxWxTxHxK = jax.lax.dynamic_update_slice(
+        v_BxWxTxHxK, v_new[:, :, None].astype(v_BxWxTxHxK.dtype), start)
+    logits = jnp.einsum("bwhd,bwthd->bwht", q_BxWxHxK, k_BxWxTxHxK,
+                        preferred_element_type=jnp.float32) + self_bias_HxT
+    w = self.self_attention.weights(logits, True)
+    o_BxWxHxK = jnp.einsum("bwht,bwthd->bwhd", w, v_BxWxTxHxK)
+    x_BxWxD = x_BxWxD + self.self_attention.merge(o_BxWxHxK)
+
+    y = self.pre_cross_attention_norm(x_BxWxD)
+    q_BxWxHxK = self.cross_attention.q(y)
+    # Each example's keys/values serve all of its W beams: no tiling.
+    logits = jnp.einsum("bwhd,bshd->bwhs", q_BxWxHxK, cross_k_BxSxHxK,
+                        preferred_element_type=jnp.float32)
+    logits = logits + cross_bias_BxS[:, None, None, :]
+    w = self.cross_attention.weights(logits, True)
+    o_BxWxHxK = jnp.einsum("bwhs,bshd->bwhd", w, cross_v_BxSxHxK)
+    x_BxWxD = x_BxWxD + self.cross_attention.merge(o_BxWxHxK)
+
+    x_BxWxD = x_BxWxD + self.mlp(self.pre_mlp_norm(x_BxWxD), True)
+    return x_BxWxD, k_BxWxTxHxK, v_BxWxTxHxK
+
+
+class Encoder(nn.Module):
+  """Embedded source -> encoder output (after the final norm and dropout)."""
+
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x_BxSxD, src_mask_BxS, deterministic):
+    c = self.config
+    s = x_BxSxD.shape[1]
+    pos = jnp.arange(s)
+    buckets_SxS = relative_position_bucket(
+        pos[None, :] - pos[:, None], True, c.relative_attention_num_buckets,
+        c.relative_attention_max_distance)
+    relpos = nn.Embed(c.relative_attention_num_buckets, c.num_heads,
+                      embedding_init=_normal(c.d_model**-0.5), param_dtype=jnp.float32,
+                      name="relpos_bias")
+    bias_HxSxS = jnp.transpose(relpos(buckets_SxS), (2, 0, 1)).astype(jnp.float32)
+    bias_BxHxSxS = bias_HxSxS[None] + _mask_bias(src_mask_BxS)[:, None, None, :]
+    drop = nn.Dropout(c.dropout_rate)
+    x = drop(x_BxSxD, deterministic=deterministic)
+    for i in range(c.num_encoder_layers):
+      x = EncoderLayer(c, name=f"layer_{i}")(x, bias_BxHxSxS, deterministic)
+    x = RMSNorm(c, name="final_norm")(x)
+    return drop(x, deterministic=deterministic)
+
+
+class Decoder(nn.Module):
+  """Decoder stack: teacher forcing (`__call__`) or one step against a cache (`step`)."""
+
+  config: T5Config
+
+  def setup(self):
+    c = self.config
+    self.relpos_bias = nn.Embed(c.relative_attention_num_buckets, c.num_heads,
+                                embedding_init=_normal(c.d_model**-0.5),
+                                param_dtype=jnp.float32)
+    self.layers = [DecoderLayer(c, name=f"layer_{i}") for i in range(c.num_decoder_layers)]
+    self.final_norm = RMSNorm(c)
+    self.drop = nn.Dropout(c.dropout_rate)
+
+  def _bias(self, rel):
+    c = self.config
+    buckets = relative_position_bucket(rel, False, c.relative_attention_num_buckets,
+                                       c.relative_attention_max_distance)
+    return jnp.moveaxis(self.relpos_bias(buckets), -1, 0).astype(jnp.float32)
+
+  def _output(self, x, deterministic):
+    x = self.drop(self.final_norm(x), deterministic=deterministic)
+    if self.config.tie_word_embeddings:
+      x = x * (self.config.d_model**-0.5)
+    return x
+
+  def __call__(self, x_BxTxD, enc_BxSxD, src_mask_BxS, deterministic):
+    t = x_BxTxD.shape[1]
+    pos = jnp.arange(t)
+    rel_TxT = pos[None, :] - pos[:, None]
+    self_bias = self._bias(rel_TxT)[None] + _mask_bias(rel_TxT <= 0)[None, None]
+    cross_bias = _mask_bias(src_mask_BxS)[:, None, None, :]
+    x = self.drop(x_BxTxD, deterministic=deterministic)
+    for layer in self.layers:
+      x = layer(x, enc_BxSxD, self_bias, cross_bias, deterministic)
+    return self._output(x, deterministic)
+
+  def cross_kv(self, enc_BxSxD) -> CrossKV:
+    kvs = [layer.cross_kv(enc_BxSxD) for layer in self.layers]
+    return CrossKV(jnp.stack([k for k, _ in kvs]), jnp.stack([v for _, v in kvs]))
+
+  def step(self, x_BxWxD, position, cache: SelfCache, cross: CrossKV, src_mask_BxS):
+    t = cache.k.shape[3]
+    rel_T = jnp.arange(t) - position
+    self_bias_HxT = self._bias(rel_T) + _mask_bias(rel_T <= 0)[None]
+    cross_bias_BxS = _mask_bias(src_mask_BxS)
+    ks, vs = [], []
+    x = x_BxWxD
+    for l, layer in enumerate(self.layers):
+      x, k, v = layer.step(x, cache.k[l], cache.v[l], position, self_bias_HxT,
+                           cross.k[l], cross.v[l], cross_bias_BxS)
+      ks.append(k)
+      vs.append(v)
+    return self._output(x, True), SelfCache(jnp.stack(ks), jnp.stack(vs))
+
+
+class T5(nn.Module):
+  """T5 encoder-decoder; see the module docstring for the methods."""
+
+  config: T5Config
+
+  def setup(self):
+    c = self.config
+    self.shared = nn.Embed(c.vocab_size, c.d_model, embedding_init=_normal(1.0),
+                           param_dtype=jnp.float32)
+    self.encoder = Encoder(c)
+    self.decoder = Decoder(c)
+    if not c.tie_word_embeddings:
+      self.lm_head = self.param("lm_head", _normal(c.d_model**-0.5),
+                                (c.vocab_size, c.d_model), jnp.float32)
+
+  def _embed(self, ids):
+    return self.shared(ids).astype(self.config.compute_dtype)
+
+  def _output_embedding(self) -> jax.Array:
+    """`[V, D]` rows whose dot product with the decoder output gives the logits."""
+    return self.shared.embedding if self.config.tie_word_embeddings else self.lm_head
+
+  def __call__(self, src_ids_BxS, tgt_in_ids_BxT, *, deterministic: bool = True):
+    """Teacher-forced logits `[B, T, V]` (float32).
+
+    Args:
+      src_ids_BxS: source token ids, padded with `pad_id` (masked out).
+      tgt_in_ids_BxT: decoder inputs (targets shifted right after `decoder_start_id`);
+        causal masking makes padding at the end harmless.
+      deterministic: False enables dropout (needs a "dropout" rng).
+    """
+    enc_BxSxD = self.encode(src_ids_BxS, deterministic=deterministic)
+    src_mask_BxS = src_ids_BxS != self.config.pad_id
+    h_BxTxD = self.decoder(self._embed(tgt_in_ids_BxT), enc_BxSxD, src_mask_BxS,
+                           deterministic)
+    return self.project(h_BxTxD)
+
+  def encode(self, src_ids_BxS, *, deterministic: bool = True):
+    """Encoder output `[B, S, D]` for source ids padded with `pad_id`."""
+    src_mask_BxS = src_ids_BxS != self.config.pad_id
+    return self.encoder(self._embed(src_ids_BxS), src_mask_BxS, deterministic)
+
+  def cross_kv(self, enc_BxSxD) -> CrossKV:
+    """Cross-attention keys/values of every decoder layer, `[L, B, S, H, Dk]` each."""
+    return self.decoder.cross_kv(enc_BxSxD.astype(self.config.compute_dtype))
+
+  def init_cache(self, batch: int, beams: int, max_len: int) -> SelfCache:
+    """A zero self-attention cache `[L, B, W, T, H, Dk]` (compute dtype)."""
+    c = self.config
+    shape = (c.num_decoder_layers, batch, beams, max_len, c.num_heads, c.d_kv)
+    zeros = jnp.zeros(shape, c.compute_dtype)
+    return SelfCache(zeros, zeros)
+
+  def decode_step(self, token_BxW, position, cache: SelfCache, cross: CrossKV,
+                  src_mask_BxS):
+    """Runs one decoder token for every beam.
+
+    Args:
+      token_BxW: int ids of the tokens at `position` (the decoder start token at 0).
+      position: int scalar (may be traced), the position of these tokens; the cache
+        holds positions `< position`, and must have room for `position`.
+      cache: SelfCache `[L, B, W, T, H, Dk]`.
+      cross: CrossKV `[L, B, S, H, Dk]` from `cross_kv`, shared by an example's beams.
+      src_mask_BxS: bool, True at real (non-pad) source tokens.
+    Returns:
+      (hidden_BxWxD, new_cache): the decoder output after the final norm (and the tied
+      embedding scale), ready for `project`; the cache with `position` written.
+    """
+    return self.decoder.step(self._embed(token_BxW), position, cache, cross, src_mask_BxS)
+
+  def project(self, hidden_xD, token_ids=None):
+    """Logits (float32) from decoder outputs.
+
+    Args:
+      hidden_xD: decoder outputs `[..., D]` (from `decode_step` or the decoder).
+      token_ids: None for the whole vocabulary `[..., V]`; or int ids `[A]`, or
+        `[..., A]` whose leading axes broadcast against `hidden_xD`'s: logits of only
+        those tokens `[..., A]` (their embedding rows are gathered first).
+    """
+    emb_VxD = self._output_embedding().astype(self.config.compute_dtype)
+    if token_ids is None:
+      return jnp.einsum("...d,vd->...v", hidden_xD, emb_VxD,
+                        preferred_element_type=jnp.float32)
+    token_ids = jnp.asarray(token_ids)
+    rows = jnp.take(emb_VxD, token_ids, axis=0)  # [..., A, D]
+    if token_ids.ndim == 1:
+      return jnp.einsum("...d,ad->...a", hidden_xD, rows, preferred_element_type=jnp.float32)
+    logits = jnp.matmul(hidden_xD[..., None, :], jnp.swapaxes(rows, -1, -2),
+                        preferred_element_type=jnp.float32)
+    return logits[..., 0, :]
+
+
+def init_params(config: T5Config, rng: jax.Array, src_len: int = 8, tgt_len: int = 4):
+  """Random parameters `{"params": ...}` (float32) for `config`."""
+  src = jnp.ones((1, src_len), jnp.int32)
+  tgt = jnp.ones((1, tgt_len), jnp.int32)
+  return T5(config).init(rng, src, tgt)
+
+
+def shift_right(tgt_ids_BxT: np.ndarray | jax.Array, decoder_start_id: int = 0):
+  """Decoder inputs for teacher forcing: `decoder_start_id` then the targets but the last."""
+  tgt = jnp.asarray(tgt_ids_BxT)
+  start = jnp.full(tgt.shape[:-1] + (1,), decoder_start_id, tgt.dtype)
+  return jnp.concatenate([start, tgt[..., :-1]], axis=-1)

@@ -1,0 +1,152 @@
+"""Constrained beam search against a deterministic fake decoder (exact expected values)."""
+
+import jax
+import numpy as np
+import pytest
+
+from gensar_jax.decoding import beam_search
+from gensar_jax.decoding import trie
+from tests import test_beam_fakes as fakes
+
+
+def _run(table, keys, tok, *, beam, score="allowed", mesh=None, decoder=None):
+  vocab = fakes.vocab_size(tok.num_levels, tok.codebook_size)
+  decoder = decoder or fakes.FakeDecoder(vocab)
+  spec = beam_search.SearchSpec.create(tok, start_token=fakes.START, beam_size=beam, score=score)
+  fn = beam_search.make_search_fn(lambda p: decoder, spec, mesh=mesh)
+  src = np.stack([np.asarray(keys), np.ones(len(keys))], 1).astype(np.int32)
+  ((items, scores),) = fn({}, src, table)
+  return np.asarray(items), np.asarray(scores)
+
+
+def _random_codes(rng, n, levels, k):
+  codes = np.unique(rng.integers(0, k, size=(3 * n, levels)), axis=0)
+  return codes[rng.permutation(len(codes))[:n]]
+
+
+@pytest.mark.parametrize("score", ["allowed", "full"])
+@pytest.mark.parametrize("first_token", [fakes.BEHAVIOUR[2], None])
+def test_beams_equal_exhaustive_top_when_nothing_is_pruned(score, first_token):
+  rng = np.random.default_rng(1)
+  levels, k, beam = 3, 5, 12
+  tok = fakes.level_tokens(levels, k, first_token)
+  codes = _random_codes(rng, 40, levels, k)
+  cands = np.stack([rng.permutation(40)[:12] for _ in range(4)])  # 12 <= beam
+  tables = trie.build_batched(codes, cands, k)
+  keys = [3, 8, 11, 20]
+  items, scores = _run(tables, keys, tok, beam=beam, score=score)
+  for b, key in enumerate(keys):
+    want = fakes.exhaustive(key, tables[b], tok, score)
+    np.testing.assert_array_equal(items[b, : len(want)], [i for i, _ in want])
+    np.testing.assert_allclose(scores[b, : len(want)], [s for _, s in want], atol=2e-4)
+
+
+@pytest.mark.parametrize("score", ["allowed", "full"])
+def test_pruned_search_matches_reference_beam_and_stays_valid(score):
+  rng = np.random.default_rng(2)
+  levels, k, beam = 4, 4, 6
+  tok = fakes.level_tokens(levels, k)
+  codes = _random_codes(rng, 120, levels, k)
+  cands = np.stack([rng.permutation(len(codes))[:50] for _ in range(3)])
+  tables = trie.build_batched(codes, cands, k)
+  keys = [1, 5, 9]
+  items, scores = _run(tables, keys, tok, beam=beam, score=score)
+  for b, key in enumerate(keys):
+    want = fakes.reference_beam(key, tables[b], tok, score, beam)
+    np.testing.assert_array_equal(items[b], [i for i, _ in want])
+    np.testing.assert_allclose(scores[b], [s for _, s in want], atol=2e-4)
+    assert set(items[b]) <= set(cands[b])  # every result is one of its own candidates
+    best = fakes.exhaustive(key, tables[b], tok, score)[0]
+    assert scores[b, 0] <= best[1] + 1e-4  # nothing scores above the true optimum
+
+
+def test_property_every_result_is_a_valid_identifier_of_its_set():
+  rng = np.random.default_rng(3)
+  for trial in range(6):
+    levels, k = int(rng.integers(1, 4)), int(rng.integers(2, 6))
+    beam = int(rng.integers(1, 9))
+    tok = fakes.level_tokens(levels, k, fakes.BEHAVIOUR[trial % 2])
+    codes = _random_codes(rng, 30, levels, k)
+    n = len(codes)
+    cands = np.stack([rng.permutation(n) for _ in range(3)])
+    cands = np.where(np.arange(n) < rng.integers(1, n + 1, size=(3, 1)), cands, -1)
+    tables = trie.build_batched(codes, cands, k)
+    items, scores = _run(tables, [2, 4, 6], tok, beam=beam, score=("allowed", "full")[trial % 2])
+    for b in range(3):
+      valid = set(cands[b][cands[b] >= 0].tolist())
+      got = items[b][items[b] >= 0]
+      assert set(got.tolist()) <= valid
+      assert len(got) == len(set(got.tolist())) == min(beam, len(valid))
+      assert np.all(np.diff(scores[b][items[b] >= 0]) <= 1e-6)  # best first
+      assert np.all(np.isneginf(scores[b][items[b] < 0]))
+
+
+def test_per_example_sets_do_not_leak():
+  levels, k = 2, 3
+  tok = fakes.level_tokens(levels, k)
+  codes = np.array([[a, b] for a in range(3) for b in range(3)])  # 9 items
+  cands = np.array([[0, 1, -1], [4, -1, -1], [6, 7, 8]])
+  items, _ = _run(trie.build_batched(codes, cands, k), [1, 1, 1], tok, beam=5)
+  assert set(items[0]) == {0, 1, -1} and set(items[1]) == {4, -1} and set(items[2]) == {6, 7, 8, -1}
+
+
+def test_beam_wider_than_the_candidates_returns_each_once():
+  rng = np.random.default_rng(4)
+  levels, k = 4, 8
+  tok = fakes.level_tokens(levels, k)
+  codes = _random_codes(rng, 50, levels, k)
+  cands = np.array([[3, 17, 29, 41, 3]])  # a repeated candidate counts once
+  items, scores = _run(trie.build_batched(codes, cands, k), [7], tok, beam=30)
+  assert sorted(items[0, :4].tolist()) == [3, 17, 29, 41]
+  assert np.all(items[0, 4:] == -1) and np.all(np.isneginf(scores[0, 4:]))
+  assert np.all(np.isfinite(scores[0, :4]))
+
+
+def test_allowed_and_full_scores_have_the_documented_values():
+  # One level of K = 3 codes, candidates {0, 2}, behaviour token forced first.
+  tok = fakes.level_tokens(1, 3, fakes.BEHAVIOUR[0])
+  table = trie.build_batched(np.array([[0], [1], [2]]), np.array([[0, 2]]), 3)
+  vocab = fakes.vocab_size(1, 3)
+  key = 5
+  first = fakes.fake_logits(key, [fakes.START], vocab)
+  logits = fakes.fake_logits(key, [fakes.START, fakes.BEHAVIOUR[0]], vocab)
+  ids = tok.token_ids_LxK[0]
+  lse = lambda x: np.log(np.exp(x).sum())
+  # "allowed": log-softmax over the two allowed tokens; the forced token scores 0.
+  allowed = {c: logits[ids[c]] - lse(logits[ids[[0, 2]]]) for c in (0, 2)}
+  # "full": log-softmax over the vocabulary, plus the forced token's log-probability.
+  full = {c: logits[ids[c]] - lse(logits) + first[fakes.BEHAVIOUR[0]] - lse(first) for c in (0, 2)}
+  for score, want in (("allowed", allowed), ("full", full)):
+    items, scores = _run(table, [key], tok, beam=2, score=score)
+    order = sorted(want, key=lambda c: -want[c])
+    np.testing.assert_array_equal(items[0], order)
+    np.testing.assert_allclose(scores[0], [want[c] for c in order], atol=1e-4)
+  np.testing.assert_allclose(np.exp(list(allowed.values())).sum(), 1.0)
+
+
+def test_shared_beams_run_one_copy_until_the_trie_branches():
+  tok = fakes.level_tokens(3, 4, fakes.BEHAVIOUR[1])
+  codes = _random_codes(np.random.default_rng(5), 20, 3, 4)
+  decoder = fakes.FakeDecoder(fakes.vocab_size(3, 4))
+  _run(trie.build_catalog(codes, 4), [1, 2], tok, beam=7, decoder=decoder)
+  # Start and behaviour tokens at one copy per example, then one traced loop step at W.
+  assert decoder.calls == [(2, 1), (2, 1), (2, 7)]
+
+
+def test_catalog_table_is_shared_and_sharded_batch_matches():
+  rng = np.random.default_rng(6)
+  levels, k, beam = 3, 6, 5
+  tok = fakes.level_tokens(levels, k)
+  codes = _random_codes(rng, 60, levels, k)
+  keys = list(range(1, 9))
+  catalog = trie.build_catalog(codes, k)
+  items, scores = _run(catalog, keys, tok, beam=beam)
+  stacked = trie.build_batched(codes, np.tile(np.arange(len(codes)), (8, 1)), k)
+  items2, scores2 = _run(stacked, keys, tok, beam=beam)
+  np.testing.assert_array_equal(items, items2)
+  np.testing.assert_allclose(scores, scores2, atol=1e-5)
+  mesh = jax.make_mesh((8,), ("data",))
+  for table in (catalog, stacked):
+    items3, scores3 = _run(table, keys, tok, beam=beam, mesh=mesh)
+    np.testing.assert_array_equal(items, items3)
+    np.testing.assert_allclose(scores, scores3, atol=1e-5)

@@ -1,0 +1,275 @@
+"""Tests of the Flax T5: exact buckets, a numpy reference forward, masking, decoding API."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from gensar_jax.model import t5
+
+TINY = dict(vocab_size=37, d_model=12, d_ff=20, num_encoder_layers=2, num_decoder_layers=2,
+            num_heads=2, d_kv=5, relative_attention_num_buckets=8,
+            relative_attention_max_distance=20)
+
+
+def _model(**overrides):
+  cfg = t5.T5Config(**{**TINY, **overrides})
+  params = t5.init_params(cfg, jax.random.PRNGKey(0))
+  return t5.T5(cfg), params
+
+
+def _batch(rng, b=2, s=9, t=5, vocab=37):
+  src = rng.integers(3, vocab, (b, s))
+  src[0, 6:] = 0  # padding
+  src[1, 4:] = 0
+  tgt = rng.integers(3, vocab, (b, t))
+  tgt[:, 0] = 0  # decoder start
+  return jnp.asarray(src, jnp.int32), jnp.asarray(tgt, jnp.int32)
+
+
+# ----------------------------------------------------------------------------- buckets
+def test_bucket_values_bidirectional():
+  rel = jnp.array([0, -3, 3, -8, -12, -100, -1000, 1000, 20])
+  got = t5.relative_position_bucket(rel, True, 32, 128)
+  # 16 buckets per direction, 8 exact; larger: 8 + floor(log(n/8)/log(16)*8).
+  np.testing.assert_array_equal(got, [0, 3, 19, 8, 9, 15, 15, 31, 26])
+
+
+def test_bucket_values_causal():
+  rel = jnp.array([5, 0, -5, -15, -16, -20, -100, -127, -500])
+  got = t5.relative_position_bucket(rel, False, 32, 128)
+  # Future keys -> 0; 16 exact; larger: 16 + floor(log(n/16)/log(8)*16).
+  np.testing.assert_array_equal(got, [0, 0, 5, 15, 16, 17, 30, 31, 31])
+
+
+def test_bucket_matches_formula_everywhere():
+  def ref(rel, bidirectional, nb, md):
+    out = 0
+    if bidirectional:
+      nb //= 2
+      out += nb if rel > 0 else 0
+      n = abs(rel)
+    else:
+      n = max(-rel, 0)
+    exact = nb // 2
+    if n < exact:
+      return out + n
+    return out + min(exact + int(math.log(n / exact) / math.log(md / exact) * (nb - exact)),
+                     nb - 1)
+
+  rels = np.arange(-300, 301)
+  for bidi in (True, False):
+    got = np.asarray(t5.relative_position_bucket(jnp.asarray(rels), bidi, 32, 128))
+    want = np.array([ref(int(r), bidi, 32, 128) for r in rels])
+    # float32 vs float64 log may only differ exactly at bucket boundaries.
+    assert np.mean(got == want) > 0.99 and np.abs(got - want).max() <= 1
+
+
+# ------------------------------------------------------------------ numpy reference
+def _np_rms(x, scale, eps=1e-6):
+  return x / np.sqrt(np.mean(x * x, -1, keepdims=True) + eps) * scale
+
+
+def _np_bucket(rel, bidirectional, nb, md):
+  return np.asarray(t5.relative_position_bucket(jnp.asarray(rel), bidirectional, nb, md))
+
+
+def _np_attn(p, xq, xkv, bias, h, dk):
+  q = (xq @ p["query"]["kernel"]).reshape(xq.shape[0], xq.shape[1], h, dk)
+  k = (xkv @ p["key"]["kernel"]).reshape(xkv.shape[0], xkv.shape[1], h, dk)
+  v = (xkv @ p["value"]["kernel"]).reshape(xkv.shape[0], xkv.shape[1], h, dk)
+  s = np.einsum("bqhd,bkhd->bhqk", q, k) + bias
+  s = s - s.max(-1, keepdims=True)
+  w = np.exp(s) / np.exp(s).sum(-1, keepdims=True)
+  o = np.einsum("bhqk,bkhd->bqhd", w, v).reshape(xq.shape[0], xq.shape[1], h * dk)
+  return o @ p["out"]["kernel"]
+
+
+def _np_mlp(p, x, kind):
+  if kind == "relu":
+    hid = np.maximum(x @ p["wi"]["kernel"], 0)
+  else:
+    a = x @ p["wi_0"]["kernel"]
+    gelu = 0.5 * a * (1 + np.tanh(np.sqrt(2 / np.pi) * (a + 0.044715 * a**3)))
+    hid = gelu * (x @ p["wi_1"]["kernel"])
+  return hid @ p["wo"]["kernel"]
+
+
+def _np_t5(params, cfg, src, tgt):
+  """Direct float64 numpy implementation of T5's math, for comparison."""
+  p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params["params"])
+  h, dk, nb, md = cfg.num_heads, cfg.d_kv, cfg.relative_attention_num_buckets, \
+      cfg.relative_attention_max_distance
+  src, tgt = np.asarray(src), np.asarray(tgt)
+  emb = p["shared"]["embedding"]
+  neg = np.where(src != 0, 0.0, -1e9)[:, None, None, :]
+  s = src.shape[1]
+  rel = np.arange(s)[None, :] - np.arange(s)[:, None]
+  enc_bias = np.transpose(p["encoder"]["relpos_bias"]["embedding"][_np_bucket(rel, True, nb, md)],
+                          (2, 0, 1))[None] + neg
+  x = emb[src]
+  for i in range(cfg.num_encoder_layers):
+    lp = p["encoder"][f"layer_{i}"]
+    y = _np_rms(x, lp["pre_attention_norm"]["scale"])
+    x = x + _np_attn(lp["attention"], y, y, enc_bias, h, dk)
+    x = x + _np_mlp(lp["mlp"], _np_rms(x, lp["pre_mlp_norm"]["scale"]), cfg.feed_forward)
+  enc = _np_rms(x, p["encoder"]["final_norm"]["scale"])
+  t = tgt.shape[1]
+  rel = np.arange(t)[None, :] - np.arange(t)[:, None]
+  dec_bias = np.transpose(p["decoder"]["relpos_bias"]["embedding"][_np_bucket(rel, False, nb, md)],
+                          (2, 0, 1))[None] + np.where(rel <= 0, 0.0, -1e9)
+  x = emb[tgt]
+  for i in range(cfg.num_decoder_layers):
+    lp = p["decoder"][f"layer_{i}"]
+    y = _np_rms(x, lp["pre_self_attention_norm"]["scale"])
+    x = x + _np_attn(lp["self_attention"], y, y, dec_bias, h, dk)
+    y = _np_rms(x, lp["pre_cross_attention_norm"]["scale"])
+    x = x + _np_attn(lp["cross_attention"], y, enc, neg, h, dk)
+    x = x + _np_mlp(lp["mlp"], _np_rms(x, lp["pre_mlp_norm"]["scale"]), cfg.feed_forward)
+  x = _np_rms(x, p["decoder"]["final_norm"]["scale"])
+  if cfg.tie_word_embeddings:
+    return (x * cfg.d_model**-0.5) @ emb.T
+  return x @ p["lm_head"].T
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(num_encoder_layers=1, num_decoder_layers=1, num_heads=1),
+    dict(),
+    dict(feed_forward="gated-gelu", tie_word_embeddings=False),
+])
+def test_forward_matches_numpy_reference(overrides):
+  model, params = _model(**overrides)
+  src, tgt = _batch(np.random.default_rng(0))
+  got = model.apply(params, src, tgt)
+  assert got.shape == (2, 5, 37) and got.dtype == jnp.float32
+  want = _np_t5(params, model.config, src, tgt)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_param_layout():
+  _, params = _model(feed_forward="gated-gelu", tie_word_embeddings=False)
+  p = params["params"]
+  assert p["shared"]["embedding"].shape == (37, 12)
+  assert p["lm_head"].shape == (37, 12)
+  assert p["encoder"]["relpos_bias"]["embedding"].shape == (8, 2)
+  assert p["encoder"]["layer_1"]["attention"]["query"]["kernel"].shape == (12, 10)
+  assert p["decoder"]["layer_0"]["mlp"]["wi_1"]["kernel"].shape == (12, 20)
+  assert p["decoder"]["layer_0"]["mlp"]["wo"]["kernel"].shape == (20, 12)
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(params))
+
+
+# ------------------------------------------------------------------------- masking
+def test_causal_future_tokens_do_not_change_past_logits():
+  model, params = _model()
+  src, tgt = _batch(np.random.default_rng(1))
+  base = model.apply(params, src, tgt)
+  changed = tgt.at[:, 3:].set(jnp.array([7, 8]))
+  other = model.apply(params, src, changed)
+  np.testing.assert_allclose(other[:, :3], base[:, :3], atol=1e-6)
+  assert np.abs(other[:, 3:] - base[:, 3:]).max() > 1e-3
+
+
+def test_padding_invariance():
+  model, params = _model()
+  src, tgt = _batch(np.random.default_rng(2))
+  base = model.apply(params, src, tgt)
+  longer = jnp.pad(src, ((0, 0), (0, 7)))  # more source padding
+  np.testing.assert_allclose(model.apply(params, longer, tgt), base, atol=1e-5)
+  # A row alone equals the same row in a batch with differently padded rows.
+  alone = model.apply(params, src[1:, :4], tgt[1:])
+  np.testing.assert_allclose(alone, base[1:], atol=1e-5)
+  # Sanity: changing a real (non-pad) source token does change the logits.
+  poked = src.at[0, 2].set(5 if int(src[0, 2]) != 5 else 6)
+  assert np.abs(model.apply(params, poked, tgt)[0] - base[0]).max() > 1e-4
+
+
+# ------------------------------------------------------------------- decoding API
+@pytest.mark.parametrize("overrides", [dict(), dict(tie_word_embeddings=False,
+                                                    feed_forward="gated-gelu")])
+def test_decode_step_matches_teacher_forcing(overrides):
+  model, params = _model(**overrides)
+  rng = np.random.default_rng(3)
+  b, w, t = 2, 3, 5
+  src, _ = _batch(rng, b=b)
+  tgt_BxWxT = rng.integers(3, 37, (b, w, t))
+  tgt_BxWxT[..., 0] = 0
+  tgt_BxWxT = jnp.asarray(tgt_BxWxT, jnp.int32)
+  # Reference: every beam as its own teacher-forced row (source repeated per beam).
+  want = model.apply(params, jnp.repeat(src, w, 0), tgt_BxWxT.reshape(b * w, t))
+  want = want.reshape(b, w, t, -1)
+
+  enc = model.apply(params, src, method=model.encode)
+  cross = model.apply(params, enc, method=model.cross_kv)
+  assert cross.k.shape == (2, b, src.shape[1], 2, 5)  # [L, B, S, H, Dk], not tiled by W
+  cache = model.apply(params, b, w, t + 2, method=model.init_cache)
+  assert cache.k.shape == (2, b, w, t + 2, 2, 5)
+
+  step = jax.jit(lambda tok, pos, cache: model.apply(
+      params, tok, pos, cache, cross, src != 0, method=model.decode_step))
+  got = []
+  for pos in range(t):
+    hidden, cache = step(tgt_BxWxT[:, :, pos], jnp.int32(pos), cache)
+    assert hidden.shape == (b, w, 12)
+    got.append(model.apply(params, hidden, method=model.project))
+  got = jnp.stack(got, 2)
+  np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
+  # The cache holds exactly the positions written so far.
+  assert np.abs(cache.k[:, :, :, t:]).max() == 0
+  assert np.abs(cache.k[:, :, :, :t]).min(axis=(-1, -2)).max() > 0
+
+
+def test_project_subset_equals_gather():
+  model, params = _model(tie_word_embeddings=False)
+  hidden = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 12))
+  full = model.apply(params, hidden, method=model.project)
+  assert full.shape == (2, 3, 37)
+  ids = jnp.array([4, 0, 36, 4])
+  np.testing.assert_allclose(model.apply(params, hidden, ids, method=model.project),
+                             full[..., ids], atol=1e-6)
+  per_example = jnp.array([[[1, 2, 3]], [[30, 31, 5]]])  # [B, 1, A]
+  got = model.apply(params, hidden, per_example, method=model.project)
+  want = jnp.take_along_axis(full, jnp.broadcast_to(per_example, (2, 3, 3)), axis=-1)
+  np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+# -------------------------------------------------------------------- dropout, dtype
+def test_dropout_only_when_not_deterministic():
+  model, params = _model(dropout_rate=0.3)
+  src, tgt = _batch(np.random.default_rng(4))
+  base = model.apply(params, src, tgt)
+  np.testing.assert_array_equal(model.apply(params, src, tgt, deterministic=True), base)
+  train = jax.jit(lambda rng: model.apply(params, src, tgt, deterministic=False,
+                                          rngs={"dropout": rng}))
+  a, b = train(jax.random.PRNGKey(1)), train(jax.random.PRNGKey(2))
+  assert np.abs(a - base).max() > 1e-3 and np.abs(a - b).max() > 1e-3
+
+
+def test_bfloat16_compute_close_to_float32():
+  model, params = _model()
+  bf16 = t5.T5(t5.T5Config(**{**TINY, "dtype": "bfloat16"}))
+  src, tgt = _batch(np.random.default_rng(5))
+  want = model.apply(params, src, tgt)
+  got = bf16.apply(params, src, tgt)
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(got, want, atol=0.1)
+
+
+def test_config_from_pipeline_section_and_round_trip():
+  m = ml_collections.ConfigDict(dict(
+      init_checkpoint_dir="", d_model=64, d_ff=128, num_encoder_layers=2,
+      num_decoder_layers=3, num_heads=4, d_kv=16, relative_attention_num_buckets=32,
+      relative_attention_max_distance=128, dropout_rate=0.2, dtype="bfloat16"))
+  cfg = t5.T5Config.from_config(m, 1000)
+  assert (cfg.vocab_size, cfg.num_decoder_layers, cfg.dropout_rate, cfg.dtype) == \
+      (1000, 3, 0.2, "bfloat16")
+  assert cfg.feed_forward == "relu" and cfg.tie_word_embeddings
+  assert t5.T5Config.from_dict(cfg.to_dict()) == cfg
+  with pytest.raises(ValueError):
+    t5.T5Config(**{**TINY, "feed_forward": "swish"})
+
+
+def test_shift_right():
+  np.testing.assert_array_equal(t5.shift_right(jnp.array([[5, 6, 1, 0]])), [[0, 5, 6, 1]])
