@@ -1,0 +1,344 @@
+"""The GenSAR training tasks as text (DESIGN §4): instructions, responses, the mixture.
+
+Items are written `<R_I>` + collaborative identifier in a recommendation context and
+`<S_I>` + semantic identifier in a search context; a query is `<S_Q>` + its words.
+A user's history is the row's merged entries, oldest first, joined with "; " (a search
+session is two entries: its query, then its item). With
+`tasks_config.behaviour_tokens = False` every behaviour token disappears (history,
+instructions and responses): the ablation.
+
+Tasks (names used in `config.tasks.counts`):
+  nrip:    history -> `<R_I>` + collaborative id       (recommendation training rows)
+  nsip:    history + current query -> `<S_I>` + semantic id   (search training rows)
+  nsqp:    history -> `<S_Q>` + query words            (search training rows)
+  adhoc:   pseudo-query -> `<S_I>` + semantic id        (doc2query output, no history)
+  desc2id: item text -> identifier, no behaviour token (half semantic, half collab.)
+  id2desc: identifier -> item text, no behaviour token (half semantic, half collab.)
+
+Length limits are applied to words before tokenisation: a query keeps its first
+`max_query_tokens` words and an item text its first `max_text_tokens` words. Every
+word is at least one token, so a text within the token limit is never cut; a text
+of many rare words may still exceed it and is then cut by the encoder-input limit.
+
+Only the rows given to `epoch_examples` are read (the training rows), so no
+validation or test target can reach a training input or response.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from gensar_jax import tokens
+from gensar_jax.data import schema
+from gensar_jax.identifiers import table as id_table
+
+TASK_NAMES = ("nrip", "nsip", "nsqp", "adhoc", "desc2id", "id2desc")
+
+# Instruction phrasings per task ({history}, {query}, {text}, {identifier} are filled).
+PHRASINGS: dict[str, tuple[str, ...]] = {
+    "nrip": (
+        "Below is the user's interaction history: {history}. Please recommend the next item the user is likely to click.",
+        "Here is what the user did so far: {history}. Which item will the user click next?",
+        "Given this sequence of searches and clicks: {history}. Predict the item the user wants next.",
+        "User history: {history}. Recommend one item for this user.",
+        "The user has interacted with the following: {history}. What should we recommend next?",
+        "Based on the activity {history}, suggest the next item this user will engage with.",
+        "Consider the user's past behaviour: {history}. Name the item to recommend.",
+        "A shopper's recent actions are {history}. Which item fits them best next?",
+        "History of the user: {history}. Output the next recommended item.",
+        "From the interactions {history}, infer the user's next click.",
+    ),
+    "nsip": (
+        "Below is the user's interaction history: {history}. The user now searches for {query}. Please predict the item the user will click.",
+        "Here is what the user did so far: {history}. Current search: {query}. Which item will the user choose?",
+        "Given the sequence {history} and the new search {query}, find the item the user is looking for.",
+        "User history: {history}. Query: {query}. Retrieve the matching item for this user.",
+        "The user, whose past actions are {history}, issues the search {query}. Which item answers it?",
+        "Search {query} from a user with history {history}. Return the relevant item.",
+        "Consider the user's past behaviour: {history}. They type {query}. Name the item they will click.",
+        "A shopper with recent actions {history} searches {query}. Which item do they want?",
+        "History: {history}. Search request: {query}. Output the item to show first.",
+        "For the query {query} and the interactions {history}, predict the clicked item.",
+    ),
+    "nsqp": (
+        "Below is the user's interaction history: {history}. Please predict the next query the user might want to search.",
+        "Here is what the user did so far: {history}. What will the user search for next?",
+        "Given this sequence of searches and clicks: {history}. Guess the user's next search.",
+        "User history: {history}. Suggest the query this user is about to type.",
+        "The user has interacted with the following: {history}. Which search comes next?",
+        "Based on the activity {history}, predict the user's next search request.",
+        "Consider the user's past behaviour: {history}. Write the next query they will enter.",
+        "A shopper's recent actions are {history}. What are they going to look for next?",
+        "History of the user: {history}. Output the next search query.",
+        "From the interactions {history}, infer what the user will search next.",
+    ),
+    "adhoc": (
+        "The user searches for {query}. Please predict the item the user will click.",
+        "Search request: {query}. Which item matches it?",
+        "Find the item that answers the search {query}.",
+        "Query: {query}. Retrieve the most relevant item.",
+        "A shopper types {query}. Which item are they looking for?",
+        "Return the item that best fits the search {query}.",
+        "Given the query {query}, name the matching item.",
+        "Someone searched {query}. Output the item to show first.",
+        "Which item would satisfy the search {query}?",
+        "For the search {query}, predict the clicked item.",
+    ),
+    "desc2id": (
+        'Using the provided description "{text}", predict the corresponding item.',
+        'Which item is described as "{text}"?',
+        'Give the identifier of the item: "{text}".',
+        'Item description: "{text}". Output its identifier.',
+        'Find the item whose text is "{text}".',
+        'Map this description to its item: "{text}".',
+        'The following describes one item: "{text}". Which one is it?',
+        'Name the item that matches "{text}".',
+        'Return the identifier for the product "{text}".',
+        'Description: "{text}". What is the item?',
+    ),
+    "id2desc": (
+        "Please provide a description for the item {identifier}.",
+        "Describe the item {identifier}.",
+        "What is the item {identifier}?",
+        "Write the title and description of {identifier}.",
+        "Tell me about the item {identifier}.",
+        "Give the text of the product {identifier}.",
+        "Which product does {identifier} denote? Describe it.",
+        "Explain what item {identifier} is.",
+        "Output the description of item {identifier}.",
+        "The item {identifier} is described as follows:",
+    ),
+}
+MAX_PHRASINGS = min(len(p) for p in PHRASINGS.values())
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  """One training example: the task it comes from, instruction and response text."""
+
+  task: str
+  source: str
+  target: str
+
+
+def _truncate_words(text: str, max_words: int) -> str:
+  words = text.split()
+  return " ".join(words[:max_words])
+
+
+def _check_counts(counts: Mapping[str, int]) -> dict[str, int]:
+  unknown = sorted(set(counts) - set(TASK_NAMES))
+  if unknown:
+    raise ValueError(f"unknown task(s) {unknown} in tasks.counts; known: {list(TASK_NAMES)}")
+  out = {t: int(counts.get(t, 0)) for t in TASK_NAMES}
+  bad = {t: c for t, c in out.items() if c < -1}
+  if bad:
+    raise ValueError(f"tasks.counts must be -1 (all), 0 (off) or a positive count: {bad}")
+  return out
+
+
+class TaskBuilder:
+  """Writes rows and items as task text and builds each epoch's example mixture.
+
+  Args:
+    catalog: the data stage's items and queries.
+    identifiers: both identifier tables, aligned with the catalog's items.
+    tasks_config: the `config.tasks` section (behaviour_tokens, num_phrasings,
+      max_query_tokens, max_text_tokens, counts).
+    pseudo_queries: optional, per item a list of doc2query query strings (enables
+      the ad-hoc search task).
+  """
+
+  def __init__(
+      self,
+      catalog: schema.Catalog,
+      identifiers: id_table.Identifiers,
+      tasks_config,
+      *,
+      pseudo_queries: Sequence[Sequence[str]] | None = None,
+  ):
+    if len(identifiers.item_ids) != catalog.num_items or np.any(
+        np.asarray(identifiers.item_ids, dtype=str) != np.asarray(catalog.item_ids, dtype=str)
+    ):
+      raise ValueError("identifier tables and catalog list different items (or a different order)")
+    if pseudo_queries is not None and len(pseudo_queries) != catalog.num_items:
+      raise ValueError(
+          f"pseudo_queries has {len(pseudo_queries)} entries for {catalog.num_items} items"
+      )
+    self.catalog = catalog
+    self.identifiers = identifiers
+    self.behaviour_tokens = bool(tasks_config.behaviour_tokens)
+    self.num_phrasings = int(tasks_config.num_phrasings)
+    if not 1 <= self.num_phrasings <= MAX_PHRASINGS:
+      raise ValueError(f"tasks.num_phrasings must be in [1, {MAX_PHRASINGS}]")
+    self.max_query_words = int(tasks_config.max_query_tokens)
+    self.max_text_words = int(tasks_config.max_text_tokens)
+    self.counts = _check_counts(dict(tasks_config.counts))
+    self.pseudo_queries = pseudo_queries
+    sem, col = identifiers.semantic, identifiers.collaborative
+    self._sem_id = [tokens.identifier_text(sem.level_names, c) for c in sem.codes]
+    self._col_id = [tokens.identifier_text(col.level_names, c) for c in col.codes]
+    self._queries = [_truncate_words(q, self.max_query_words) for q in catalog.queries]
+    self._texts = [
+        _truncate_words(catalog.item_text(i), self.max_text_words)
+        for i in range(catalog.num_items)
+    ]
+    self._items_with_text = np.array([i for i, t in enumerate(self._texts) if t], dtype=np.int64)
+
+  # ------------------------------------------------------------------ pieces of text
+  def _b(self, token: str) -> str:
+    return token if self.behaviour_tokens else ""
+
+  def rec_item(self, item: int) -> str:
+    """An item in a recommendation context: `<R_I>` + collaborative identifier."""
+    return self._b(tokens.REC_ITEM) + self._col_id[item]
+
+  def search_item(self, item: int) -> str:
+    """An item in a search context: `<S_I>` + semantic identifier."""
+    return self._b(tokens.SEARCH_ITEM) + self._sem_id[item]
+
+  def query(self, q: int | str) -> str:
+    """A query: `<S_Q>` + its words (at most `max_query_tokens` words)."""
+    words = self._queries[q] if isinstance(q, (int, np.integer)) else _truncate_words(
+        q, self.max_query_words
+    )
+    return f"{tokens.SEARCH_QUERY} {words}" if self.behaviour_tokens else words
+
+  def history(self, kind_H, item_H, query_H) -> str:
+    """A row's history entries, oldest first, joined with "; " (padding skipped)."""
+    parts = []
+    for kind, item, q in zip(np.asarray(kind_H), np.asarray(item_H), np.asarray(query_H)):
+      if kind == schema.KIND_REC:
+        parts.append(self.rec_item(int(item)))
+      elif kind == schema.KIND_SEARCH:
+        parts.append(self.query(int(q)))
+        parts.append(self.search_item(int(item)))
+    return "; ".join(parts)
+
+  def target_text(self, task: str, item: int) -> str:
+    """The response for an item of a task ("recommendation" / "search"): token + id."""
+    if task == "recommendation":
+      return self.rec_item(int(item))
+    if task == "search":
+      return self.search_item(int(item))
+    raise ValueError(f"unknown task {task!r}")
+
+  def eval_source(self, task: str, row: Mapping[str, np.ndarray]) -> str:
+    """The decoding prompt of one validation/test row (DESIGN §6, paper Fig. 3).
+
+    The first phrasing of NRIP (recommendation) or NSIP (search: history and the
+    row's query) followed by the behaviour token that selects the task: `<R_I>` or
+    `<S_I>` (nothing when behaviour tokens are off).
+    """
+    hist = self.history(row["history_kind"], row["history_item"], row["history_query"])
+    if task == "recommendation":
+      return f"{PHRASINGS['nrip'][0].format(history=hist)} {self._b(tokens.REC_ITEM)}".rstrip()
+    if task == "search":
+      text = PHRASINGS["nsip"][0].format(history=hist, query=self.query(int(row["query"])))
+      return f"{text} {self._b(tokens.SEARCH_ITEM)}".rstrip()
+    raise ValueError(f"unknown task {task!r}")
+
+  def eval_sources(self, task: str, rows: Mapping[str, np.ndarray]) -> list[str]:
+    """`eval_source` for every row of stacked rows (as `load_rows` returns them)."""
+    n = len(rows["item"])
+    return [self.eval_source(task, {k: v[r] for k, v in rows.items()}) for r in range(n)]
+
+  # --------------------------------------------------------------------- the mixture
+  def _phrase(self, task: str, rng: np.random.Generator, **fields) -> str:
+    return PHRASINGS[task][int(rng.integers(self.num_phrasings))].format(**fields)
+
+  @staticmethod
+  def _pick(rng: np.random.Generator, n_available: int, count: int) -> np.ndarray:
+    """Indices of `count` rows (-1: all), sampled without replacement, sorted."""
+    if count == 0 or n_available == 0:
+      return np.zeros((0,), np.int64)
+    if count == -1 or count >= n_available:
+      return np.arange(n_available)
+    return np.sort(rng.choice(n_available, size=count, replace=False))
+
+  def available(self, train_rows: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, int]:
+    """Rows/items each task can draw from."""
+    n_adhoc = 0
+    if self.pseudo_queries is not None:
+      n_adhoc = sum(1 for qs in self.pseudo_queries if len(qs))
+    return {
+        "nrip": len(train_rows["recommendation"]["item"]),
+        "nsip": len(train_rows["search"]["item"]),
+        "nsqp": len(train_rows["search"]["item"]),
+        "adhoc": n_adhoc,
+        "desc2id": len(self._items_with_text),
+        "id2desc": len(self._items_with_text),
+    }
+
+  def epoch_counts(self, train_rows) -> dict[str, int]:
+    """Examples per task in every epoch: min(count, available), -1 = available."""
+    avail = self.available(train_rows)
+    return {
+        t: (avail[t] if c == -1 else min(c, avail[t])) for t, c in self.counts.items()
+    }
+
+  def epoch_examples(
+      self, train_rows: Mapping[str, Mapping[str, np.ndarray]], seed: int, epoch: int
+  ) -> list[Example]:
+    """The example list of one epoch, in task order (the batcher shuffles).
+
+    Args:
+      train_rows: {"recommendation": rows, "search": rows}, the TRAINING rows only.
+      seed: the run's seed.
+      epoch: epoch number; rows, phrasings and identifier kinds are re-sampled per epoch.
+
+    Returns:
+      `Example`s; a task's count is capped at what is available (rows sampled
+      without replacement).
+    """
+    rng = np.random.default_rng([int(seed), int(epoch), 7919])
+    out: list[Example] = []
+    rec, srch = train_rows["recommendation"], train_rows["search"]
+    avail = self.available(train_rows)
+
+    def hist(rows, r):
+      return self.history(rows["history_kind"][r], rows["history_item"][r], rows["history_query"][r])
+
+    for r in self._pick(rng, avail["nrip"], self.counts["nrip"]):
+      out.append(Example(
+          "nrip", self._phrase("nrip", rng, history=hist(rec, r)), self.rec_item(rec["item"][r])
+      ))
+    for r in self._pick(rng, avail["nsip"], self.counts["nsip"]):
+      src = self._phrase("nsip", rng, history=hist(srch, r), query=self.query(int(srch["query"][r])))
+      out.append(Example("nsip", src, self.search_item(srch["item"][r])))
+    for r in self._pick(rng, avail["nsqp"], self.counts["nsqp"]):
+      out.append(Example(
+          "nsqp", self._phrase("nsqp", rng, history=hist(srch, r)), self.query(int(srch["query"][r]))
+      ))
+    if self.pseudo_queries is not None:
+      with_q = [i for i, qs in enumerate(self.pseudo_queries) if len(qs)]
+      for j in self._pick(rng, len(with_q), self.counts["adhoc"]):
+        item = with_q[j]
+        qs = self.pseudo_queries[item]
+        q = self.query(str(qs[int(rng.integers(len(qs)))]))
+        out.append(Example("adhoc", self._phrase("adhoc", rng, query=q), self.search_item(item)))
+    for task in ("desc2id", "id2desc"):
+      picked = self._items_with_text[self._pick(rng, avail[task], self.counts[task])]
+      # Half semantic, half collaborative identifiers (a random half each epoch).
+      semantic = np.zeros(len(picked), bool)
+      semantic[rng.permutation(len(picked))[: len(picked) // 2]] = True
+      for item, sem in zip(picked, semantic):
+        ident = self._sem_id[item] if sem else self._col_id[item]
+        text = self._texts[item]
+        if task == "desc2id":
+          out.append(Example(task, self._phrase(task, rng, text=text), ident))
+        else:
+          out.append(Example(task, self._phrase(task, rng, identifier=ident), text))
+    return out
+
+  def tokenizer_texts(self) -> list[str]:
+    """Natural-language text a dataset tokenizer should be trained on."""
+    texts = [t for t in self._texts if t] + list(self._queries)
+    for task in TASK_NAMES:
+      texts.extend(p.format(history="", query="", text="", identifier="") for p in PHRASINGS[task])
+    if self.pseudo_queries is not None:
+      texts.extend(str(q) for qs in self.pseudo_queries for q in qs)
+    return texts

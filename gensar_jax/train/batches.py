@@ -1,0 +1,128 @@
+"""Tokenised examples -> padded, length-grouped batches with a resumable grain iterator.
+
+Each epoch's examples are tokenised once, then planned into global batches:
+a seeded permutation, cut into chunks of `GROUP_BATCHES` batches, each chunk sorted by
+(target bucket, source length) and cut into batches, then the batch order shuffled.
+Similar lengths share a batch (little padding) while batch composition still varies
+between epochs. A batch is padded to the smallest bucket length holding its longest
+source/target, so the jitted step compiles once per (source, target) bucket pair.
+
+The plan is a pure function of (seed, epoch, lengths), the same on every process;
+each process materialises only its rows of every global batch. A grain
+`MapDataset` over the plan gives an iterator whose `get_state()` (the next batch
+index) is saved with the checkpoint: a resumed run rebuilds the epoch's plan and
+continues with the same next batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import grain
+import numpy as np
+
+GROUP_BATCHES = 32  # Batches per length-sorted chunk.
+SOURCE_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+TARGET_BUCKETS = (8, 16, 32, 64, 128, 256)
+
+
+def bucket_length(n: int, buckets: Sequence[int]) -> int:
+  """Smallest bucket >= n (n itself when above every bucket)."""
+  for b in buckets:
+    if n <= b:
+      return b
+  return int(n)
+
+
+def encode_examples(
+    encode_batch: Callable[[list[str], int], list[list[int]]],
+    sources: list[str], targets: list[str], max_source_len: int, max_target_len: int,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+  """Token ids of every source and target (each ends with eos, at most the limits)."""
+  src = [np.asarray(x, np.int32) for x in encode_batch(list(sources), max_source_len)]
+  tgt = [np.asarray(x, np.int32) for x in encode_batch(list(targets), max_target_len)]
+  return src, tgt
+
+
+def plan_batches(
+    src_len: np.ndarray, tgt_len: np.ndarray, global_batch: int, seed: int, epoch: int
+) -> np.ndarray:
+  """Example indices of every global batch of one epoch, `[num_batches, global_batch]`.
+
+  The remainder (fewer than `global_batch` examples) is left out of this epoch.
+  """
+  n = len(src_len)
+  rng = np.random.default_rng([int(seed), int(epoch), 104729])
+  perm = rng.permutation(n)
+  num_batches = n // global_batch
+  perm = perm[: num_batches * global_batch]
+  tb = np.array([bucket_length(int(t), TARGET_BUCKETS) for t in tgt_len])
+  chunk = GROUP_BATCHES * global_batch
+  batches = []
+  for start in range(0, len(perm), chunk):
+    idx = perm[start:start + chunk]
+    idx = idx[np.lexsort((src_len[idx], tb[idx]))]
+    batches.extend(idx.reshape(-1, global_batch))
+  if not batches:
+    return np.zeros((0, global_batch), np.int64)
+  plan = np.stack(batches)
+  return plan[rng.permutation(len(plan))]
+
+
+def pad_stack(seqs: Sequence[np.ndarray], length: int) -> np.ndarray:
+  """`[len(seqs), length]` int32, zero-padded on the right."""
+  out = np.zeros((len(seqs), length), np.int32)
+  for i, s in enumerate(seqs):
+    out[i, : len(s)] = s[:length]
+  return out
+
+
+class EpochBatches:
+  """One epoch of batches for this process, as a grain `MapDataset`.
+
+  Args:
+    src, tgt: token ids per example.
+    global_batch: examples per optimizer step over all processes.
+    grad_accum_steps: micro-batches per step; batches come out as [A, B_local/A, L].
+    seed, epoch: the plan's randomness.
+    process_index, process_count: which rows of each global batch this process holds.
+  """
+
+  def __init__(self, src, tgt, global_batch: int, grad_accum_steps: int, seed: int, epoch: int,
+               process_index: int = 0, process_count: int = 1):
+    if global_batch % (grad_accum_steps * process_count):
+      raise ValueError(
+          f"batch_size {global_batch} is not divisible by grad_accum_steps x processes "
+          f"({grad_accum_steps} x {process_count})"
+      )
+    self.src, self.tgt = src, tgt
+    self.src_len = np.array([len(s) for s in src])
+    self.tgt_len = np.array([len(t) for t in tgt])
+    self.plan = plan_batches(self.src_len, self.tgt_len, global_batch, seed, epoch)
+    self.accum = grad_accum_steps
+    local = global_batch // process_count
+    self.rows = slice(process_index * local, (process_index + 1) * local)
+    self.dataset = grain.MapDataset.source(list(self.plan)).map(self._collate)
+
+  def __len__(self) -> int:
+    return len(self.plan)
+
+  def _collate(self, idx_G: np.ndarray) -> dict[str, np.ndarray]:
+    # Padded lengths come from the whole global batch, so every process agrees.
+    s_len = bucket_length(int(self.src_len[idx_G].max()), SOURCE_BUCKETS)
+    t_len = bucket_length(int(self.tgt_len[idx_G].max()), TARGET_BUCKETS)
+    mine = idx_G[self.rows]
+    src = pad_stack([self.src[i] for i in mine], s_len)
+    tgt = pad_stack([self.tgt[i] for i in mine], t_len)
+    a = self.accum
+    return {
+        "src": src.reshape(a, -1, s_len),
+        "tgt": tgt.reshape(a, -1, t_len),
+    }
+
+  def iterator(self, state: dict | None = None):
+    """A grain iterator over the batches, positioned by a saved `get_state()`."""
+    it = iter(self.dataset)
+    if state is not None:
+      it.set_state(state)
+    return it

@@ -1,0 +1,173 @@
+"""Orbax checkpoints of the train stage, and restoring a model for decoding (DESIGN §5).
+
+Layout of the train stage directory (`<workdir>/train`):
+  ckpt/<step>/          periodic saves (params, opt_state, meta JSON); `max_to_keep`
+  best/<step>/          the best by validation (params, meta JSON); one kept
+  tokenizer/            the tokenizer files (`Tokenizer.save`)
+  identifiers.npz       copy of the identifier tables the model was trained with
+  config.json           the full pipeline config
+  model_config.json     `T5Config.to_dict()`
+`meta` holds the epoch, the data iterator state, the RNG seed and the validation
+record, so a resumed run continues at step N+1 with the same next batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import shutil
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from gensar_jax import pipeline
+from gensar_jax.identifiers import table as id_table
+from gensar_jax.model import t5 as t5_lib
+
+PERIODIC = "ckpt"
+BEST = "best"
+TOKENIZER = "tokenizer"
+CONFIG = "config.json"
+MODEL_CONFIG = "model_config.json"
+
+
+def _abstract(tree: Any) -> Any:
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class Checkpointer:
+  """Periodic and best-so-far checkpoints of one training run.
+
+  Args:
+    train_dir: the train stage directory.
+    max_to_keep: periodic checkpoints kept (the best is kept besides, in `best/`).
+  """
+
+  def __init__(self, train_dir: pathlib.Path, max_to_keep: int):
+    train_dir = pathlib.Path(train_dir)
+    self.periodic = ocp.CheckpointManager(
+        train_dir / PERIODIC,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+    )
+    self.best = ocp.CheckpointManager(
+        train_dir / BEST, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+    )
+
+  def latest_step(self) -> int | None:
+    """The step of the newest periodic checkpoint (None before the first save)."""
+    return self.periodic.latest_step()
+
+  def save(self, step: int, params: Any, opt_state: Any, meta: dict) -> None:
+    """A periodic checkpoint of the whole train state (asynchronous)."""
+    if step in self.periodic.all_steps():
+      return
+    self.periodic.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params),
+        opt_state=ocp.args.StandardSave(opt_state),
+        meta=ocp.args.JsonSave(meta),
+    ))
+
+  def save_best(self, step: int, params: Any, meta: dict) -> None:
+    """Replaces the best checkpoint with these parameters."""
+    if step in self.best.all_steps():
+      return
+    self.best.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta),
+    ))
+
+  def restore(self, step: int, params: Any, opt_state: Any) -> tuple[Any, Any, dict]:
+    """Restores a periodic checkpoint into the layout (shardings) of the given trees."""
+    r = self.periodic.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(_abstract(params)),
+        opt_state=ocp.args.StandardRestore(_abstract(opt_state)),
+        meta=ocp.args.JsonRestore(),
+    ))
+    return r.params, r.opt_state, dict(r.meta)
+
+  def best_meta(self) -> dict | None:
+    """The meta record of the best checkpoint (None when there is none)."""
+    step = self.best.latest_step()
+    if step is None:
+      return None
+    return dict(self.best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+
+  def wait(self) -> None:
+    """Blocks until pending asynchronous saves are written."""
+    self.periodic.wait_until_finished()
+    self.best.wait_until_finished()
+
+  def close(self) -> None:
+    self.wait()
+    self.periodic.close()
+    self.best.close()
+
+
+def write_decoding_files(
+    train_dir: pathlib.Path, config: ml_collections.ConfigDict, t5_config: t5_lib.T5Config,
+    tokenizer, identifiers_path: pathlib.Path,
+) -> None:
+  """Writes what decoding needs besides the parameters (tokenizer, identifiers, configs)."""
+  train_dir = pathlib.Path(train_dir)
+  tokenizer.save(train_dir / TOKENIZER)
+  src = pathlib.Path(identifiers_path)
+  if src.suffix != ".npz":
+    src = src / id_table.FILENAME
+  shutil.copyfile(src, train_dir / id_table.FILENAME)
+  pipeline.write_text_atomic(train_dir / CONFIG, config.to_json(indent=2) + "\n")
+  pipeline.write_json_atomic(train_dir / MODEL_CONFIG, t5_config.to_dict())
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodingBundle:
+  """Everything needed to decode with a trained model."""
+
+  params: Any  # {"params": ...} on the default device
+  t5_config: t5_lib.T5Config
+  tokenizer: Any  # gensar_jax.model.tokenizer.Tokenizer
+  identifiers: id_table.Identifiers
+  config: ml_collections.ConfigDict  # the pipeline config of the training run
+  step: int  # the optimizer step of the restored parameters
+
+
+def load_for_decoding(train_dir, which: str = "best") -> DecodingBundle:
+  """Restores a trained model and its tokenizer, identifiers and config.
+
+  Args:
+    train_dir: the train stage directory (`<workdir>/train`).
+    which: "best" (best validation; falls back to the latest when no validation ran)
+      or "latest" (the newest periodic checkpoint).
+
+  Returns:
+    A DecodingBundle; parameters are placed on the default device.
+  """
+  from gensar_jax.model import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
+
+  if which not in ("best", "latest"):
+    raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
+  train_dir = pathlib.Path(train_dir)
+  if not (train_dir / MODEL_CONFIG).exists():
+    raise pipeline.PipelineError(f"{train_dir} holds no trained model ({MODEL_CONFIG} missing)")
+  t5_config = t5_lib.T5Config.from_dict(json.loads((train_dir / MODEL_CONFIG).read_text()))
+  config = ml_collections.ConfigDict(json.loads((train_dir / CONFIG).read_text()))
+  tokenizer = tok_lib.Tokenizer.load(train_dir / TOKENIZER)
+  identifiers = id_table.load(train_dir / id_table.FILENAME)
+
+  manager = None
+  for name in ((BEST, PERIODIC) if which == "best" else (PERIODIC,)):
+    if (train_dir / name).exists():
+      m = ocp.CheckpointManager(train_dir / name)
+      if m.latest_step() is not None:
+        manager = m
+        break
+  if manager is None:
+    raise pipeline.PipelineError(f"no checkpoint found under {train_dir}")
+  step = manager.latest_step()
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  shapes = jax.eval_shape(lambda: t5_lib.init_params(t5_config, jax.random.key(0)))
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
+  restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
+  manager.close()
+  return DecodingBundle(restored.params, t5_config, tokenizer, identifiers, config, int(step))

@@ -1,0 +1,146 @@
+"""The optimizer and the jitted train step (DESIGN §5).
+
+AdamW with linear warmup then cosine decay to zero, global-norm gradient clipping,
+and gradient accumulation as a `lax.scan` over micro-batches inside ONE `jax.jit`.
+The loss is the token-level NLL of the response, averaged over every non-padding
+target token of the whole optimizer step (so accumulating A micro-batches gives the
+same gradient as one batch A times larger).
+
+Batches are dicts of int32 arrays `src` [A, B, S] and `tgt` [A, B, T] (A micro-batches
+of B examples; 0 = padding; `tgt` ends with eos). The decoder input is `tgt` shifted
+right behind `decoder_start_id`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a train step updates."""
+
+  step: jax.Array  # int32 scalar, optimizer steps taken
+  params: Any  # the model's {"params": ...} pytree
+  opt_state: Any  # optax state
+
+
+def make_schedule(learning_rate: float, warmup_frac: float, total_steps: int) -> optax.Schedule:
+  """Linear warmup over `warmup_frac` of the steps, then cosine decay to 0."""
+  total_steps = max(int(total_steps), 1)
+  warmup = int(round(warmup_frac * total_steps))
+  if warmup <= 0:
+    return optax.cosine_decay_schedule(learning_rate, total_steps)
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=learning_rate, warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1), end_value=0.0,
+  )
+
+
+def make_optimizer(train_config, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW (decay on matrices only, not layer-norm scales) after gradient clipping.
+
+  Args:
+    train_config: `config.train` (learning_rate, warmup_frac, weight_decay, grad_clip).
+    total_steps: optimizer steps of the whole run (the schedule's length).
+  """
+  schedule = make_schedule(train_config.learning_rate, train_config.warmup_frac, total_steps)
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  tx = optax.chain(
+      optax.clip_by_global_norm(train_config.grad_clip),
+      optax.adamw(schedule, weight_decay=train_config.weight_decay, mask=decay_mask),
+  )
+  return tx, schedule
+
+
+def init_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
+  """A fresh state at step 0."""
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def shift_right(tgt_BxT: jax.Array, start_id: int) -> jax.Array:
+  """Decoder inputs for teacher forcing: `start_id` then `tgt` without its last token."""
+  start = jnp.full((tgt_BxT.shape[0], 1), start_id, tgt_BxT.dtype)
+  return jnp.concatenate([start, tgt_BxT[:, :-1]], axis=1)
+
+
+def nll_sum(model, params, src_BxS, tgt_BxT, *, rng=None) -> tuple[jax.Array, jax.Array]:
+  """Summed target-token NLL and the number of target tokens (padding excluded).
+
+  Args:
+    model: a `T5` module.
+    params: its variables.
+    src_BxS, tgt_BxT: token ids, 0 = padding.
+    rng: dropout key; None runs deterministically.
+  """
+  cfg = model.config
+  tgt_in = shift_right(tgt_BxT, cfg.decoder_start_id)
+  kwargs = {} if rng is None else {"rngs": {"dropout": rng}}
+  logits_BxTxV = model.apply(params, src_BxS, tgt_in, deterministic=rng is None, **kwargs)
+  mask_BxT = (tgt_BxT != cfg.pad_id).astype(jnp.float32)
+  nll_BxT = optax.softmax_cross_entropy_with_integer_labels(
+      logits_BxTxV.astype(jnp.float32), tgt_BxT
+  )
+  return jnp.sum(nll_BxT * mask_BxT), jnp.sum(mask_BxT)
+
+
+def make_train_step(
+    model, tx: optax.GradientTransformation, schedule: optax.Schedule, *, dropout: bool = True
+) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
+  """The un-jitted step `(state, batch, rng) -> (state, metrics)`; see `jit_train_step`."""
+
+  def step_fn(state: TrainState, batch: dict, rng: jax.Array):
+    src_AxBxS, tgt_AxBxT = batch["src"], batch["tgt"]
+    step_rng = jax.random.fold_in(rng, state.step)
+
+    def loss_fn(params, src, tgt, r):
+      return nll_sum(model, params, src, tgt, rng=r if dropout else None)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def micro(carry, xs):
+      g_acc, loss_acc, tok_acc = carry
+      i, src, tgt = xs
+      (loss, ntok), g = grad_fn(state.params, src, tgt, jax.random.fold_in(step_rng, i))
+      g_acc = jax.tree.map(jnp.add, g_acc, g)
+      return (g_acc, loss_acc + loss, tok_acc + ntok), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+    num_micro = src_AxBxS.shape[0]
+    (g_sum, loss_sum, ntok), _ = jax.lax.scan(
+        micro, (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)),
+        (jnp.arange(num_micro), src_AxBxS, tgt_AxBxT),
+    )
+    denom = jnp.maximum(ntok, 1.0)
+    grads = jax.tree.map(lambda g: g / denom, g_sum)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss": loss_sum / denom,
+        "grad_norm": optax.global_norm(grads),
+        "learning_rate": schedule(state.step),
+        "target_tokens": ntok,
+    }
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return step_fn
+
+
+def jit_train_step(step_fn, state_shardings, batch_shardings, replicated):
+  """ONE `jax.jit` of the step: state keeps its layout, the batch stays on `data`."""
+  return jax.jit(
+      step_fn,
+      in_shardings=(state_shardings, batch_shardings, replicated),
+      out_shardings=(state_shardings, replicated),
+      donate_argnums=(0,),
+  )
+
+
+def make_eval_loss(model) -> Callable[[Any, dict], tuple[jax.Array, jax.Array]]:
+  """Jitted `(params, {"src", "tgt"} [B, ...]) -> (nll_sum, tokens)`, no dropout."""
+  return jax.jit(lambda params, b: nll_sum(model, params, b["src"], b["tgt"]))

@@ -1,0 +1,184 @@
+"""The trainer: sharding equivalence, resume, learning a planted mapping, determinism."""
+
+import importlib.util
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from gensar_jax.model import t5 as t5_lib
+from gensar_jax.train import batches as batches_lib
+from gensar_jax.train import loop
+from gensar_jax.train import sharding
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+VOCAB = 48
+
+
+def _config(**train):
+  spec = importlib.util.spec_from_file_location("amazon_cfg", REPO / "configs" / "amazon.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config("preset=cpu")
+  c.train.batch_size = 16
+  c.train.grad_accum_steps = 1
+  c.train.epochs = 2
+  c.train.learning_rate = 3e-3
+  c.train.warmup_frac = 0.1
+  c.train.log_every_steps = 1
+  c.train.checkpoint_every_steps = 3
+  c.train.eval_every_epochs = 1
+  c.train.max_to_keep = 5
+  c.train.max_steps = 0
+  c.train.update(train)
+  return c
+
+
+def _model(dropout=0.1):
+  cfg = t5_lib.T5Config(vocab_size=VOCAB, d_model=32, d_ff=64, num_encoder_layers=1,
+                        num_decoder_layers=1, num_heads=2, d_kv=16, dropout_rate=dropout)
+  return t5_lib.T5(cfg), t5_lib.init_params(cfg, jax.random.key(0))
+
+
+def _planted(n=64, seed=0, vary=False):
+  """Source [a, b, (filler), eos] -> target [10 + (a + b) % 20, 30 + a % 8, eos]."""
+  rng = np.random.default_rng(seed)
+  src, tgt = [], []
+  for _ in range(n):
+    a, b = (int(x) for x in rng.integers(2, 10, size=2))
+    filler = [2] * (int(rng.integers(0, 20)) if vary else 0)
+    src.append(np.array([a, b] + filler + [1], np.int32))
+    tgt.append(np.array([10 + (a + b) % 20, 30 + a % 8, 1], np.int32))
+  return src, tgt
+
+
+def _history(d):
+  return [json.loads(l) for l in (pathlib.Path(d) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _train_losses(d):
+  return {r["step"]: r["loss"] for r in _history(d) if r["kind"] == "train"}
+
+
+def _max_abs_diff(a, b):
+  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_one_device_and_eight_devices_agree(tmp_path):
+  assert jax.device_count() == 8
+  model, params = _model()
+  data = _planted(64)
+  results = {}
+  for name, devices, shard in (("one", jax.devices()[:1], False), ("eight", jax.devices(), False),
+                               ("fsdp", jax.devices(), True)):
+    c = _config(max_steps=3)
+    c.mesh.shard_params = shard
+    mesh = sharding.make_mesh("data", devices)
+    results[name] = loop.train(c, tmp_path / name, model=model, init_params=params,
+                               make_epoch=lambda e: data, mesh=mesh)
+    assert results[name].steps == 3
+  l1, l8, lf = (_train_losses(tmp_path / n) for n in ("one", "eight", "fsdp"))
+  assert sorted(l1) == [1, 2, 3]
+  for s in l1:
+    assert l8[s] == pytest.approx(l1[s], rel=1e-5, abs=1e-6)
+    assert lf[s] == pytest.approx(l1[s], rel=1e-5, abs=1e-6)
+  # Training moved the parameters, identically on both meshes.
+  assert _max_abs_diff(results["one"].params, params) > 1e-3
+  assert _max_abs_diff(results["one"].params, results["eight"].params) < 1e-5
+  assert _max_abs_diff(results["one"].params, results["fsdp"].params) < 1e-5
+
+
+def test_fsdp_rule_shards_the_largest_divisible_dimension():
+  assert sharding.param_spec((48, 32), 8, "data", True) == jax.sharding.PartitionSpec("data", None)
+  assert sharding.param_spec((12, 64), 8, "data", True) == jax.sharding.PartitionSpec(None, "data")
+  assert sharding.param_spec((7, 3), 8, "data", True) == jax.sharding.PartitionSpec()
+  assert sharding.param_spec((48, 32), 8, "data", False) == jax.sharding.PartitionSpec()
+  _, params = _model()
+  mesh = sharding.make_mesh("data")
+  shardings = sharding.param_shardings(params, mesh, True)
+  emb = shardings["params"]["shared"]["embedding"]
+  assert emb.spec == jax.sharding.PartitionSpec("data", None)  # [48, 32]: 48 % 8 == 0
+
+
+def test_resume_continues_with_the_same_batches_and_losses(tmp_path):
+  model, params = _model()
+  data = _planted(64)  # 4 steps per epoch, 8 steps in all
+  full = loop.train(_config(), tmp_path / "full", model=model, init_params=params,
+                    make_epoch=lambda e: data)
+  cut = loop.train(_config(max_steps=3), tmp_path / "cut", model=model, init_params=params,
+                   make_epoch=lambda e: data)
+  assert cut.steps == 3
+  resumed = loop.train(_config(), tmp_path / "cut", model=model, init_params=params,
+                       make_epoch=lambda e: data)
+  assert resumed.resumed_from == 3 and resumed.steps == full.steps == 8
+  lf, lr = _train_losses(tmp_path / "full"), _train_losses(tmp_path / "cut")
+  for s in range(4, 9):
+    assert lr[s] == pytest.approx(lf[s], rel=1e-6, abs=1e-7)
+  assert _max_abs_diff(full.params, resumed.params) < 1e-6
+
+
+def test_iterator_state_gives_the_same_next_batch():
+  src, tgt = _planted(200, vary=True)
+  eb = batches_lib.EpochBatches(src, tgt, 16, 2, seed=3, epoch=1)
+  it = eb.iterator()
+  for _ in range(4):
+    next(it)
+  state = it.get_state()
+  expected = next(it)
+  again = batches_lib.EpochBatches(src, tgt, 16, 2, seed=3, epoch=1).iterator(state)
+  got = next(again)
+  np.testing.assert_array_equal(got["src"], expected["src"])
+  np.testing.assert_array_equal(got["tgt"], expected["tgt"])
+  assert got["src"].shape[:2] == (2, 8)  # [accum, micro-batch, S]
+
+
+def test_batch_plan_covers_each_example_once_with_little_padding():
+  src, tgt = _planted(1000, vary=True)
+  lens = np.array([len(s) for s in src])
+  plan = batches_lib.plan_batches(lens, np.array([len(t) for t in tgt]), 32, seed=0, epoch=0)
+  assert plan.shape == (31, 32)
+  assert len(np.unique(plan)) == plan.size
+  padded = sum(batches_lib.bucket_length(int(lens[b].max()), batches_lib.SOURCE_BUCKETS) * 32
+               for b in plan)
+  random_plan = np.random.default_rng(0).permutation(1000)[:992].reshape(31, 32)
+  padded_random = sum(
+      batches_lib.bucket_length(int(lens[b].max()), batches_lib.SOURCE_BUCKETS) * 32
+      for b in random_plan)
+  assert padded < 0.8 * padded_random
+  other = batches_lib.plan_batches(lens, np.array([len(t) for t in tgt]), 32, seed=0, epoch=1)
+  assert not np.array_equal(plan, other)
+
+
+def test_tiny_model_learns_a_planted_identifier_mapping(tmp_path):
+  model, params = _model(dropout=0.0)
+  data = _planted(256, seed=1)
+  c = _config(batch_size=32, epochs=40, learning_rate=1e-2, log_every_steps=20,
+              checkpoint_every_steps=10_000)
+  result = loop.train(c, tmp_path, model=model, init_params=params, make_epoch=lambda e: data)
+  assert result.loss_start > 2.0
+  assert result.loss_end < 0.05
+
+
+def test_same_seed_gives_identical_losses(tmp_path):
+  model, params = _model()
+  data = _planted(64, vary=True)
+  for name in ("a", "b"):
+    loop.train(_config(max_steps=4), tmp_path / name, model=model, init_params=params,
+               make_epoch=lambda e: data)
+  assert _train_losses(tmp_path / "a") == _train_losses(tmp_path / "b")
+
+
+def test_validation_keeps_the_best_checkpoint(tmp_path):
+  model, params = _model()
+  data = _planted(64)
+  scores = iter([0.3, 0.1])  # epoch 1 is the best
+  result = loop.train(_config(), tmp_path, model=model, init_params=params,
+                      make_epoch=lambda e: data,
+                      validate=lambda p, step: {"score": next(scores), "val_loss": 1.0})
+  assert result.best_score == 0.3 and result.best_step == 4
+  assert sorted(int(p.name) for p in (tmp_path / "best").iterdir() if p.name.isdigit()) == [4]
+  val = [r for r in _history(tmp_path) if r["kind"] == "validation"]
+  assert [r["step"] for r in val] == [4, 8]
