@@ -7,6 +7,10 @@ session is two entries: its query, then its item). With
 `tasks_config.behaviour_tokens = False` every behaviour token disappears (history,
 instructions and responses): the ablation.
 
+The instructions of the behaviour tasks end with the behaviour token of what is to be
+predicted (`<R_I>`, `<S_I>` or `<S_Q>`), exactly like the decoding prompts (`prompt`):
+the paper appends that token at inference to pick the task (its Fig. 3).
+
 Tasks (names used in `config.tasks.counts`):
   nrip:    history -> `<R_I>` + collaborative id       (recommendation training rows)
   nsip:    history + current query -> `<S_I>` + semantic id   (search training rows)
@@ -129,7 +133,8 @@ def _truncate_words(text: str, max_words: int) -> str:
   return " ".join(words[:max_words])
 
 
-def _check_counts(counts: Mapping[str, int]) -> dict[str, int]:
+def check_counts(counts: Mapping[str, int]) -> dict[str, int]:
+  """Every task's count from `config.tasks.counts` (absent = 0); raises on bad entries."""
   unknown = sorted(set(counts) - set(TASK_NAMES))
   if unknown:
     raise ValueError(f"unknown task(s) {unknown} in tasks.counts; known: {list(TASK_NAMES)}")
@@ -176,7 +181,7 @@ class TaskBuilder:
       raise ValueError(f"tasks.num_phrasings must be in [1, {MAX_PHRASINGS}]")
     self.max_query_words = int(tasks_config.max_query_tokens)
     self.max_text_words = int(tasks_config.max_text_tokens)
-    self.counts = _check_counts(dict(tasks_config.counts))
+    self.counts = check_counts(dict(tasks_config.counts))
     self.pseudo_queries = pseudo_queries
     sem, col = identifiers.semantic, identifiers.collaborative
     self._sem_id = [tokens.identifier_text(sem.level_names, c) for c in sem.codes]
@@ -207,16 +212,30 @@ class TaskBuilder:
     )
     return f"{tokens.SEARCH_QUERY} {words}" if self.behaviour_tokens else words
 
+  def history_text(self, events: Sequence[tuple]) -> str:
+    """History entries, oldest first, joined with "; ".
+
+    Args:
+      events: ("rec", item index) or ("search", query index or text, item index).
+    """
+    parts = []
+    for event in events:
+      if event[0] == "rec":
+        parts.append(self.rec_item(int(event[1])))
+      else:
+        parts.append(self.query(event[1]))
+        parts.append(self.search_item(int(event[2])))
+    return "; ".join(parts)
+
   def history(self, kind_H, item_H, query_H) -> str:
     """A row's history entries, oldest first, joined with "; " (padding skipped)."""
-    parts = []
+    events = []
     for kind, item, q in zip(np.asarray(kind_H), np.asarray(item_H), np.asarray(query_H)):
       if kind == schema.KIND_REC:
-        parts.append(self.rec_item(int(item)))
+        events.append(("rec", int(item)))
       elif kind == schema.KIND_SEARCH:
-        parts.append(self.query(int(q)))
-        parts.append(self.search_item(int(item)))
-    return "; ".join(parts)
+        events.append(("search", int(q), int(item)))
+    return self.history_text(events)
 
   def target_text(self, task: str, item: int) -> str:
     """The response for an item of a task ("recommendation" / "search"): token + id."""
@@ -234,12 +253,34 @@ class TaskBuilder:
     `<S_I>` (nothing when behaviour tokens are off).
     """
     hist = self.history(row["history_kind"], row["history_item"], row["history_query"])
+    return self.prompt(task, hist, int(row["query"]) if task == "search" else None)
+
+  def prompt(self, task: str, history: str, query: int | str | None = None) -> str:
+    """A decoding prompt from history text (and, for search, the current query).
+
+    Args:
+      task: "recommendation" or "search".
+      history: `history_text` / `history` output.
+      query: the search query (index into the catalog's queries, or text).
+    """
     if task == "recommendation":
-      return f"{PHRASINGS['nrip'][0].format(history=hist)} {self._b(tokens.REC_ITEM)}".rstrip()
+      return self.ask(PHRASINGS["nrip"][0].format(history=history), tokens.REC_ITEM)
     if task == "search":
-      text = PHRASINGS["nsip"][0].format(history=hist, query=self.query(int(row["query"])))
-      return f"{text} {self._b(tokens.SEARCH_ITEM)}".rstrip()
+      if query is None:
+        raise ValueError("a search prompt needs a query")
+      text = PHRASINGS["nsip"][0].format(history=history, query=self.query(query))
+      return self.ask(text, tokens.SEARCH_ITEM)
     raise ValueError(f"unknown task {task!r}")
+
+  def ask(self, instruction: str, behaviour: str) -> str:
+    """An instruction ending with the behaviour token of what is to be predicted.
+
+    The paper appends `<R_I>` / `<S_I>` at inference to select the task (Fig. 3); the
+    training instructions of the behaviour tasks (NRIP, NSIP, NSQP, ad-hoc) end the same
+    way, so training and decoding prompts have one shape. Nothing is appended when
+    behaviour tokens are off.
+    """
+    return f"{instruction} {self._b(behaviour)}".rstrip()
 
   def eval_sources(self, task: str, rows: Mapping[str, np.ndarray]) -> list[str]:
     """`eval_source` for every row of stacked rows (as `load_rows` returns them)."""
@@ -303,23 +344,22 @@ class TaskBuilder:
       return self.history(rows["history_kind"][r], rows["history_item"][r], rows["history_query"][r])
 
     for r in self._pick(rng, avail["nrip"], self.counts["nrip"]):
-      out.append(Example(
-          "nrip", self._phrase("nrip", rng, history=hist(rec, r)), self.rec_item(rec["item"][r])
-      ))
+      src = self.ask(self._phrase("nrip", rng, history=hist(rec, r)), tokens.REC_ITEM)
+      out.append(Example("nrip", src, self.rec_item(rec["item"][r])))
     for r in self._pick(rng, avail["nsip"], self.counts["nsip"]):
       src = self._phrase("nsip", rng, history=hist(srch, r), query=self.query(int(srch["query"][r])))
-      out.append(Example("nsip", src, self.search_item(srch["item"][r])))
+      out.append(Example("nsip", self.ask(src, tokens.SEARCH_ITEM), self.search_item(srch["item"][r])))
     for r in self._pick(rng, avail["nsqp"], self.counts["nsqp"]):
-      out.append(Example(
-          "nsqp", self._phrase("nsqp", rng, history=hist(srch, r)), self.query(int(srch["query"][r]))
-      ))
+      src = self.ask(self._phrase("nsqp", rng, history=hist(srch, r)), tokens.SEARCH_QUERY)
+      out.append(Example("nsqp", src, self.query(int(srch["query"][r]))))
     if self.pseudo_queries is not None:
       with_q = [i for i, qs in enumerate(self.pseudo_queries) if len(qs)]
       for j in self._pick(rng, len(with_q), self.counts["adhoc"]):
         item = with_q[j]
         qs = self.pseudo_queries[item]
         q = self.query(str(qs[int(rng.integers(len(qs)))]))
-        out.append(Example("adhoc", self._phrase("adhoc", rng, query=q), self.search_item(item)))
+        src = self.ask(self._phrase("adhoc", rng, query=q), tokens.SEARCH_ITEM)
+        out.append(Example("adhoc", src, self.search_item(item)))
     for task in ("desc2id", "id2desc"):
       picked = self._items_with_text[self._pick(rng, avail[task], self.counts[task])]
       # Half semantic, half collaborative identifiers (a random half each epoch).

@@ -55,3 +55,20 @@ def metrics_from_ranks(rank_B: np.ndarray) -> dict[str, float]:
     out[f"ndcg@{k}"] = float(np.mean(gain)) if len(rank_B) else 0.0
   out["count"] = int(len(rank_B))
   return out
+
+
+def ranks_of_targets(scores_BxN: np.ndarray, target_B: np.ndarray, seed: int = 0) -> np.ndarray:
+  """1-based rank of each row's target column among all N columns (random tie-breaking).
+
+  Args:
+    scores_BxN: a score per item, higher is better.
+    target_B: the relevant column of each row.
+    seed: seed of the tie-breaking draw.
+  """
+  scores_BxN = np.asarray(scores_BxN, dtype=np.float64)
+  target_B = np.asarray(target_B, dtype=np.int64)
+  pos_B = scores_BxN[np.arange(len(target_B)), target_B]
+  greater_B = (scores_BxN > pos_B[:, None]).sum(axis=1)
+  ties_B = (scores_BxN == pos_B[:, None]).sum(axis=1) - 1
+  u_B = np.random.default_rng(seed).random(len(pos_B))
+  return (greater_B + np.floor(u_B * (ties_B + 1)) + 1).astype(np.float64)

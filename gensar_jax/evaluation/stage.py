@@ -1,0 +1,103 @@
+"""The eval stage: restore the trained model and score the test split (DESIGN §6–7).
+
+Restores the best Orbax checkpoint of `<workdir>/train` (with the tokenizer,
+identifier tables and config saved beside it), refuses to go on when those differ from
+the workdir's identifiers stage, decodes every test row of both tasks with the
+constrained beam search against its 100 stored candidates ("sampled") and against the
+whole catalog ("full"), and scores the baselines on the same rows and candidates.
+
+Writes `metrics.json`:
+  {"recommendation": {"sampled": {hr@1, hr@5, hr@10, ndcg@5, ndcg@10, count}, "full": {...}},
+   "search": {...}, "baselines": {name: {task: {"sampled": ..., "full": ...}}},
+   "checkpoint_step": N}
+"""
+
+from __future__ import annotations
+
+import time
+
+from absl import logging
+import numpy as np
+
+from gensar_jax import pipeline
+from gensar_jax import tasks as tasks_lib
+from gensar_jax.data import dataset
+from gensar_jax.data import schema
+from gensar_jax.evaluation import baselines
+from gensar_jax.evaluation import generative
+from gensar_jax.identifiers import table as id_table
+from gensar_jax.model import t5 as t5_lib
+from gensar_jax.train import checkpoint as ckpt_lib
+from gensar_jax.train import sharding
+
+METRICS_FILE = "metrics.json"
+
+
+def validate(config) -> None:
+  """Checks the eval section."""
+  v = config.eval
+  if v.beam_size < 1 or v.batch_size < 1:
+    raise pipeline.PipelineError("config.eval.beam_size and batch_size must be >= 1")
+  if v.score not in ("allowed", "full"):
+    raise pipeline.PipelineError(f"config.eval.score must be 'allowed' or 'full', got {v.score!r}")
+  if v.max_examples < 0:
+    raise pipeline.PipelineError("config.eval.max_examples must be >= 0")
+
+
+def check_same_identifiers(bundle_ids: id_table.Identifiers, workdir_ids: id_table.Identifiers,
+                           where: str) -> None:
+  """Raises PipelineError when a checkpoint's identifier tables differ from the workdir's."""
+  same = (
+      np.array_equal(np.asarray(bundle_ids.item_ids, str), np.asarray(workdir_ids.item_ids, str))
+      and all(
+          np.array_equal(getattr(bundle_ids, k).codes, getattr(workdir_ids, k).codes)
+          and getattr(bundle_ids, k).level_names == getattr(workdir_ids, k).level_names
+          for k in id_table.KINDS))
+  if not same:
+    raise pipeline.PipelineError(
+        f"the checkpoint in {where} was trained with other identifier tables than this "
+        "workdir's identifiers stage; rerun the train stage (or evaluate in the workdir "
+        "that trained it)")
+
+
+def limit_rows(rows: dict[str, np.ndarray], max_examples: int) -> dict[str, np.ndarray]:
+  """The first `max_examples` rows (all when 0)."""
+  return {k: v[:max_examples] for k, v in rows.items()} if max_examples else rows
+
+
+def run(config, ctx: pipeline.StageContext) -> dict:
+  """Scores GenSAR and the baselines on the test split; writes metrics.json."""
+  start = time.time()
+  data_dir = ctx.input_dir("data")
+  train_dir = ctx.input_dir("train")
+  bundle = ckpt_lib.load_for_decoding(train_dir, "best")
+  check_same_identifiers(bundle.identifiers, id_table.load(ctx.input_dir("identifiers")),
+                         str(train_dir))
+  catalog = dataset.load_catalog(data_dir)
+  builder = tasks_lib.TaskBuilder(catalog, bundle.identifiers, bundle.config.tasks)
+  model = t5_lib.T5(bundle.t5_config)
+  v = config.eval
+  ranker = generative.GenerativeRanker(
+      model, bundle.tokenizer, builder, beam_size=v.beam_size, batch_size=v.batch_size,
+      max_source_len=bundle.config.tasks.max_source_len, score=v.score,
+      mesh=sharding.make_mesh(config.mesh.data_axis))
+  modes = generative.MODES if v.full_catalog else ("sampled",)
+  metrics: dict = {"checkpoint_step": bundle.step}
+  test_rows = {}
+  for task in schema.TASKS:
+    rows = limit_rows(dataset.load_rows(data_dir, task, "test"), int(v.max_examples))
+    test_rows[task] = rows
+    t0 = time.time()
+    metrics[task] = ranker.evaluate(bundle.params, task, rows, modes, progress=f"eval {task}")
+    logging.info("eval %s (%.0f s): %s", task, time.time() - t0, metrics[task])
+  t0 = time.time()
+  metrics["baselines"] = baselines.evaluate_all(config, ctx, catalog, test_rows, modes)
+  baseline_s = time.time() - t0
+  pipeline.write_json_atomic(ctx.dir / METRICS_FILE, metrics)
+  return {
+      "metrics": metrics,
+      "examples": {t: int(len(r["item"])) for t, r in test_rows.items()},
+      "checkpoint_step": bundle.step,
+      "baselines_s": round(baseline_s, 2),
+      "eval_s": round(time.time() - start, 2),
+  }

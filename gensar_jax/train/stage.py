@@ -1,0 +1,166 @@
+"""The train stage: the GenSAR task mixture on a Flax T5, sharded, resumable (DESIGN §4–5).
+
+Reads the data stage (catalog, training rows, validation rows), the identifiers stage
+and, when `config.doc2query.enabled` and that stage has run, the doc2query stage's
+pseudo-queries. Builds (or, on resume, reloads) the tokenizer, writes everything
+decoding needs next to the checkpoints (`checkpoint.write_decoding_files`), and trains
+with `loop.train`. Validation decodes the last `train.eval_rows` validation rows of
+each task against their stored candidates with the eval stage's own code
+(`GenerativeRanker`); the best checkpoint is the best mean NDCG@5 over the tasks.
+"""
+
+from __future__ import annotations
+
+import time
+
+from absl import logging
+import jax
+import numpy as np
+
+from gensar_jax import pipeline
+from gensar_jax import tasks as tasks_lib
+from gensar_jax.data import dataset
+from gensar_jax.data import schema
+from gensar_jax.evaluation import generative
+from gensar_jax.identifiers import table as id_table
+from gensar_jax.model import t5 as t5_lib
+from gensar_jax.model import tokenizer as tok_lib
+from gensar_jax.train import checkpoint as ckpt_lib
+from gensar_jax.train import loop
+from gensar_jax.train import sharding
+
+_SEED_SALT = 5  # Folded into config.seed for the model's initialisation.
+
+
+def validate(config) -> None:
+  """Checks the train, tasks and model sections; one clear message per problem."""
+  t = config.train
+  checks = [
+      (t.batch_size >= 1 and t.grad_accum_steps >= 1, "train.batch_size and grad_accum_steps must be >= 1"),
+      (t.batch_size % t.grad_accum_steps == 0,
+       f"train.batch_size ({t.batch_size}) must be a multiple of grad_accum_steps ({t.grad_accum_steps})"),
+      (t.epochs >= 1, "train.epochs must be >= 1"),
+      (t.learning_rate > 0, "train.learning_rate must be positive"),
+      (0 <= t.warmup_frac < 1, "train.warmup_frac must lie in [0, 1)"),
+      (t.eval_every_epochs >= 1 and t.log_every_steps >= 1 and t.checkpoint_every_steps >= 1,
+       "train.eval_every_epochs, log_every_steps and checkpoint_every_steps must be >= 1"),
+      (config.model.d_model >= 1 and config.model.num_heads >= 1, "model sizes must be positive"),
+      (config.tasks.max_source_len >= 8 and config.tasks.max_target_len >= 4,
+       "tasks.max_source_len must be >= 8 and max_target_len >= 4"),
+      (config.eval.beam_size >= 1, "eval.beam_size must be >= 1"),
+  ]
+  for ok, message in checks:
+    if not ok:
+      raise pipeline.PipelineError(f"config: {message}")
+  try:
+    tasks_lib.check_counts(dict(config.tasks.counts))
+  except ValueError as e:
+    raise pipeline.PipelineError(f"config.tasks: {e}") from None
+  if all(int(c) == 0 for c in config.tasks.counts.values()):
+    raise pipeline.PipelineError("config.tasks.counts switches every task off")
+
+
+def load_pseudo_queries(config, ctx: pipeline.StageContext, item_ids: np.ndarray):
+  """Per item its doc2query pseudo-queries, or None (ad-hoc search off or not run)."""
+  if not config.doc2query.enabled or not ctx.has_input("doc2query"):
+    return None
+  from gensar_jax.doc2query import stage as d2q_stage  # pylint: disable=g-import-not-at-top
+
+  return d2q_stage.load_pseudo_queries(ctx.input_dir("doc2query"), item_ids)
+
+
+def level_names(identifiers: id_table.Identifiers) -> list[str]:
+  """Every identifier level name of both kinds, each once, in order."""
+  names: list[str] = []
+  for t in (identifiers.semantic, identifiers.collaborative):
+    names.extend(n for n in t.level_names if n not in names)
+  return names
+
+
+def make_tokenizer(config, ctx, builder: tasks_lib.TaskBuilder,
+                   identifiers: id_table.Identifiers) -> tok_lib.Tokenizer:
+  """The run's tokenizer: reloaded from the stage directory on resume, else built."""
+  folder = ctx.dir / ckpt_lib.TOKENIZER
+  if (folder / tok_lib.TOKENIZER_FILE).exists():
+    return tok_lib.Tokenizer.load(folder)
+  tok = tok_lib.build(config.tokenizer, builder.tokenizer_texts(), level_names(identifiers),
+                      identifiers.semantic.codebook_size)
+  return tok
+
+
+def make_model(config, vocab_size: int):
+  """(T5 module, initial variables): from scratch, or from a local HF T5 checkpoint."""
+  if config.model.init_checkpoint_dir:
+    from gensar_jax.model import hf_import  # pylint: disable=g-import-not-at-top
+
+    t5_config, params = hf_import.load(
+        config.model.init_checkpoint_dir, vocab_size=vocab_size, overrides=config.model,
+        seed=int(config.seed) + _SEED_SALT)
+  else:
+    t5_config = t5_lib.T5Config.from_config(config.model, vocab_size)
+    params = t5_lib.init_params(t5_config, jax.random.key(int(config.seed) + _SEED_SALT))
+  return t5_lib.T5(t5_config), params
+
+
+def run(config, ctx: pipeline.StageContext) -> dict:
+  """Trains the model; returns the summary (steps, losses, best validation, speed)."""
+  start = time.time()
+  data_dir = ctx.input_dir("data")
+  ids_dir = ctx.input_dir("identifiers")
+  catalog = dataset.load_catalog(data_dir)
+  identifiers = id_table.load(ids_dir)
+  pseudo = load_pseudo_queries(config, ctx, catalog.item_ids)
+  builder = tasks_lib.TaskBuilder(catalog, identifiers, config.tasks, pseudo_queries=pseudo)
+  train_rows = {t: dataset.load_rows(data_dir, t, "train") for t in schema.TASKS}
+  tokenizer = make_tokenizer(config, ctx, builder, identifiers)
+  model, params = make_model(config, tokenizer.vocab_size)
+  if jax.process_index() == 0:
+    ckpt_lib.write_decoding_files(ctx.dir, config, model.config, tokenizer, ids_dir)
+  logging.info("train: vocabulary %d, %d parameters, epoch mixture %s", tokenizer.vocab_size,
+               sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)),
+               builder.epoch_counts(train_rows))
+
+  tc = config.tasks
+
+  def make_epoch(epoch: int):
+    examples = builder.epoch_examples(train_rows, int(config.seed), epoch)
+    src = tokenizer.encode_batch([e.source for e in examples], tc.max_source_len)
+    tgt = tokenizer.encode_batch([e.target for e in examples], tc.max_target_len)
+    return ([np.asarray(s, np.int32) for s in src], [np.asarray(t, np.int32) for t in tgt])
+
+  mesh = sharding.make_mesh(config.mesh.data_axis)
+  ranker = generative.GenerativeRanker(
+      model, tokenizer, builder, beam_size=config.eval.beam_size,
+      batch_size=config.eval.batch_size, max_source_len=tc.max_source_len,
+      score=config.eval.score, mesh=mesh)
+  val_rows = {}
+  for task in schema.TASKS:
+    rows = dataset.load_rows(data_dir, task, "validation")
+    keep = int(config.train.eval_rows)
+    val_rows[task] = {k: v[-keep:] for k, v in rows.items()} if keep > 0 else rows
+
+  def validate_fn(params, step: int) -> dict:
+    out, ndcg = {}, []
+    for task, rows in val_rows.items():
+      if not len(rows["item"]):
+        continue
+      m = ranker.evaluate(params, task, rows, modes=("sampled",),
+                          progress=f"validate {task}")["sampled"]
+      out[f"{task}/ndcg@5"], out[f"{task}/hr@10"] = m["ndcg@5"], m["hr@10"]
+      ndcg.append(m["ndcg@5"])
+    out["score"] = float(np.mean(ndcg)) if ndcg else 0.0
+    logging.info("validation at step %d: %s", step, {k: round(v, 4) for k, v in out.items()})
+    return out
+
+  result = loop.train(config, ctx.dir, model=model, init_params=params, make_epoch=make_epoch,
+                      validate=validate_fn if config.train.eval_rows != 0 else None, mesh=mesh)
+  summary = result.summary()
+  summary.update({
+      "vocab_size": tokenizer.vocab_size,
+      "parameters": int(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))),
+      "epoch_examples": builder.epoch_counts(train_rows),
+      "pseudo_queries": pseudo is not None,
+      "devices": int(mesh.devices.size),
+      "train_s": round(time.time() - start, 2),
+  })
+  return summary
