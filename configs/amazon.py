@@ -99,6 +99,37 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.doc2query = g = ml_collections.ConfigDict()
   g.enabled = True  # Train doc2query and add the ad-hoc search task.
   g.num_queries = 1  # Pseudo-queries generated per item.
+  g.method = "sample"  # "sample" (top-k / top-p, the authors' way) or "beam".
+  g.top_k = 10  # Sampling: keep the k most likely tokens.
+  g.top_p = 0.95  # Sampling: keep the smallest set with this much probability.
+  g.temperature = 1.0  # Sampling: softmax temperature.
+  g.beam_size = 8  # Beam method: beams per item (>= num_queries).
+  g.vocab_size = 8000  # Vocabulary of its own tokenizer, trained on item text and queries.
+  g.max_text_len = 128  # Token limit of the item text (encoder input).
+  g.max_query_len = 16  # Token limit of a query (generated tokens, eos included).
+  g.generate_batch_size = 64  # Items per generation batch.
+  g.model = gm = ml_collections.ConfigDict()
+  gm.d_model = 512 if paper else 128  # Hidden width.
+  gm.d_ff = 2048 if paper else 512  # Feed-forward width.
+  gm.num_encoder_layers = 6 if paper else 2  # Encoder blocks.
+  gm.num_decoder_layers = 6 if paper else 2  # Decoder blocks.
+  gm.num_heads = 8 if paper else 4  # Attention heads.
+  gm.d_kv = 64 if paper else 32  # Per-head key/value width.
+  gm.dropout_rate = 0.1  # Dropout during training.
+  gm.dtype = "float32"  # Activation dtype.
+  g.train = gt = ml_collections.ConfigDict()
+  gt.learning_rate = 1e-3  # Peak AdamW learning rate.
+  gt.warmup_frac = 0.05  # Fraction of steps of linear warmup before cosine decay.
+  gt.weight_decay = 1e-7  # AdamW weight decay.
+  gt.batch_size = 256 if paper else 64  # (item text, query) pairs per optimizer step.
+  gt.grad_accum_steps = 1  # Micro-batches per optimizer step.
+  gt.epochs = 20 if paper else 15  # Passes over the distinct training pairs.
+  gt.grad_clip = 1.0  # Global gradient-norm clip.
+  gt.log_every_steps = 50  # Console/TensorBoard logging interval.
+  gt.checkpoint_every_steps = 500  # Orbax save interval (resumable like the main model).
+  gt.eval_every_epochs = 1  # Unused (doc2query has no validation); kept for the trainer.
+  gt.max_to_keep = 1  # Periodic checkpoints kept.
+  gt.max_steps = 0  # Stop after this many optimizer steps (0 = run every epoch).
 
   # ------------------------------------------------------- tokenizer / model (§5)
   c.tokenizer = t = ml_collections.ConfigDict()
@@ -168,5 +199,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.infer = i = ml_collections.ConfigDict()
   i.requests = ""  # JSONL file of requests.
   i.output = ""  # JSONL file of answers.
-  i.k = 10  # Items per answer.
+  i.k = 10  # Items per answer (a request may ask for its own k, up to eval.beam_size).
+  i.example_requests = 0  # Without a request file: answer this many test-split examples.
   return c
