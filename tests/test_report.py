@@ -1,0 +1,101 @@
+"""The report stage: tables equal metrics.json, ablations are picked up, plots are written."""
+
+import json
+import re
+
+import ml_collections
+import numpy as np
+import pytest
+
+from gensar_jax import pipeline
+from gensar_jax.evaluation import metrics as metrics_lib
+from gensar_jax.report import stage as report_stage
+from gensar_jax.report import tables
+
+
+def _metrics(rng, n=100):
+  m = {k: float(np.round(rng.random(), 6)) for k in metrics_lib.METRIC_KEYS}
+  m["count"] = n
+  return m
+
+
+def _write_run(workdir, rng, with_baselines=True, variant="joint"):
+  metrics = {t: {"sampled": _metrics(rng), "full": _metrics(rng)}
+             for t in ("recommendation", "search")}
+  metrics["checkpoint_step"] = 7
+  if with_baselines:
+    metrics["baselines"] = {
+        "sasrec": {"recommendation": {"sampled": _metrics(rng), "full": _metrics(rng)}},
+        "bm25": {"search": {"sampled": _metrics(rng), "full": _metrics(rng)}},
+        "dense": {"search": {"sampled": _metrics(rng), "full": _metrics(rng)}},
+        "popularity": {t: {"sampled": _metrics(rng), "full": _metrics(rng)}
+                       for t in ("recommendation", "search")},
+    }
+  (workdir / "eval").mkdir(parents=True)
+  (workdir / "eval" / "metrics.json").write_text(json.dumps(metrics))
+  (workdir / "identifiers").mkdir()
+  rates = {"semantic": 0.012, "collaborative": 0.007}
+  if variant != "joint":
+    rates = {k: 0.02 for k in rates}
+  (workdir / "identifiers" / "summary.json").write_text(json.dumps(
+      {"variant": variant, "collision_before": rates}))
+  (workdir / "train").mkdir()
+  (workdir / "train" / "metrics.jsonl").write_text("".join(
+      json.dumps({"step": s, "kind": "train", "loss": 5.0 / s}) + "\n" for s in range(1, 30))
+      + json.dumps({"step": 29, "kind": "validation", "score": 0.2}) + "\n")
+  return metrics
+
+
+def _config():
+  c = ml_collections.ConfigDict()
+  c.preset = "cpu"
+  c.data = ml_collections.ConfigDict({"category": "Demo"})
+  c.report = ml_collections.ConfigDict({"plots": True})
+  return c
+
+
+def test_report_numbers_equal_metrics_json(tmp_path):
+  rng = np.random.default_rng(0)
+  main = _write_run(tmp_path, rng)
+  abl = _write_run(tmp_path / "ablations" / "only_semantic", rng, False, "semantic")
+  ctx = pipeline.StageContext(tmp_path, "report")
+  ctx.dir.mkdir()
+  summary = report_stage.run(_config(), ctx)
+  assert summary["methods"] == ["GenSAR", "SASRec", "BM25", "Dense (text encoder)",
+                                "Popularity", "GenSAR only_semantic"]
+  assert {"tradeoff.png", "collisions.png", "training.png"} <= set(summary["files"])
+  for name in ("tradeoff.png", "collisions.png", "training.png"):
+    assert (ctx.dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  results = json.loads((ctx.dir / "results.json").read_text())["methods"]
+  by_name = {e["method"]: e for e in results}
+  assert by_name["GenSAR"]["recommendation"] == main["recommendation"]
+  assert by_name["GenSAR"]["search"] == main["search"]
+  assert by_name["BM25"]["search"] == main["baselines"]["bm25"]["search"]
+  assert "recommendation" not in by_name["BM25"]
+  assert by_name["GenSAR only_semantic"]["search"] == abl["search"]
+  # Every number in the Markdown table is the 4-decimal rounding of metrics.json.
+  md = (ctx.dir / "results.md").read_text()
+  section = md.split("## Search: 100 candidates")[1].split("##")[0]
+  row = next(l for l in section.splitlines() if l.startswith("| Dense"))
+  cells = [c.strip() for c in row.strip("|").split("|")]
+  want = main["baselines"]["dense"]["search"]["sampled"]
+  assert cells[1:6] == [f"{want[k]:.4f}" for k in metrics_lib.METRIC_KEYS]
+  assert cells[6] == str(want["count"])
+  assert len(re.findall(r"^## ", md, flags=re.M)) == 4
+
+
+def test_collision_rates_per_run(tmp_path):
+  rng = np.random.default_rng(1)
+  _write_run(tmp_path, rng)
+  _write_run(tmp_path / "ablations" / "only_collaborative", rng, False, "collaborative")
+  rates = report_stage.collision_rates(tmp_path)
+  assert rates == {"GenSAR": {"semantic": 0.012, "collaborative": 0.007},
+                   "only_collaborative": {"collaborative": 0.02}}
+
+
+def test_nothing_to_report_is_a_clear_error(tmp_path):
+  ctx = pipeline.StageContext(tmp_path, "report")
+  ctx.dir.mkdir()
+  with pytest.raises(pipeline.PipelineError, match="nothing to report"):
+    report_stage.run(_config(), ctx)
+  assert tables.collect(tmp_path) == []
