@@ -104,6 +104,16 @@ class MetricLogger:
           "%s step %d: %s", kind, step, ", ".join(f"{k}={_fmt(v)}" for k, v in clean.items())
       )
 
+  def drop_after(self, step: int) -> None:
+    """Removes the `metrics.jsonl` records of steps after `step` (they will be redone)."""
+    if not self.enabled or not self.path.exists():
+      return
+    kept = [line for line in self.path.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= step]
+    tmp = self.path.with_name(self.path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(self.path)
+
   def close(self) -> None:
     if self.writer is not None:
       self.writer.close()

@@ -6,12 +6,21 @@ per global batch on a 1-D mesh over every device, saves Orbax checkpoints every
 (continuing at step N+1 with the same next batch), validates every
 `eval_every_epochs` and keeps the best parameters, and logs to the console,
 TensorBoard and `metrics.jsonl`.
+
+Preemption: SIGTERM (what schedulers and TPU maintenance send) makes the loop finish
+the step in flight, write a checkpoint and raise `Preempted`; the same command then
+resumes. After SIGKILL the run resumes from the last complete checkpoint (Orbax
+writes each one to a temporary name and renames it when complete); log records of
+steps after that checkpoint are dropped from `metrics.jsonl`, since they are redone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
+import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +41,33 @@ from gensar_jax.train import step as step_lib
 EpochFn = Callable[[int], tuple[list[np.ndarray], list[np.ndarray]]]
 # validate(params, step) -> {"score": higher is better, **scalars to log}.
 ValidateFn = Callable[[Any, int], dict[str, float]]
+
+
+class Preempted(pipeline.PipelineError):
+  """Training stopped on SIGTERM after saving a checkpoint; rerun the same command."""
+
+
+@contextlib.contextmanager
+def sigterm_flag():
+  """Yields a dict whose "set" turns True on SIGTERM (the handler is restored after).
+
+  Outside the main thread (where signal handlers cannot be installed) the flag never
+  turns True.
+  """
+  flag = {"set": False}
+  if threading.current_thread() is not threading.main_thread():
+    yield flag
+    return
+
+  def handler(signum, frame):  # pylint: disable=unused-argument
+    logging.warning("SIGTERM: saving a checkpoint after the current step, then stopping")
+    flag["set"] = True
+
+  previous = signal.signal(signal.SIGTERM, handler)
+  try:
+    yield flag
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 @dataclasses.dataclass
@@ -129,6 +165,7 @@ def train(
   rng = jax.device_put(rng, replicated)
 
   log = logging_utils.MetricLogger(train_dir, enabled=main_process)
+  log.drop_after(int(resume_step or 0))  # Steps after the restored checkpoint are redone.
   param_counts = logging_utils.split_param_counts(init_params, model.config.vocab_size)
   peak = logging_utils.peak_flops(mesh.devices.flat[0])
 
@@ -156,61 +193,69 @@ def train(
   bar = tqdm.tqdm(total=total_steps, initial=step, disable=not main_process,
                   desc="train", unit="step", dynamic_ncols=True)
   stop = step >= total_steps or (max_steps and step >= max_steps)
-  while not stop and epoch < int(tc.epochs):
-    eb = first if epoch == 0 else epoch_batches(epoch)
-    it = eb.iterator(it_state)
-    it_state = None
-    for local in it:
-      batch = sharding.global_batch(local, mesh, batch_dim=1)
-      state, metrics = step_fn(state, batch, rng)
-      step += 1
-      window.append((metrics, tc.batch_size,
-                     int((local["src"] != 0).sum()) * pcount, int((local["tgt"] != 0).sum()) * pcount))
-      bar.update(1)
-      at_end = step == total_steps or (max_steps and step >= max_steps)
-      if step % tc.log_every_steps == 0 or at_end or step == 1:
-        jax.block_until_ready(state.params)
-        dt = max(time.time() - t_window, 1e-9)
-        got = jax.device_get([w[0] for w in window])
-        loss = float(np.mean([g["loss"] for g in got]))
-        ex = sum(w[1] for w in window)
-        src_tok = sum(w[2] for w in window)
-        tgt_tok = sum(w[3] for w in window)
-        scalars = {
-            "loss": loss,
-            "learning_rate": float(got[-1]["learning_rate"]),
-            "grad_norm": float(got[-1]["grad_norm"]),
-            "examples_per_s": ex / dt,
-            "tokens_per_s_per_device": (src_tok + tgt_tok) / dt / n_dev,
-            "epoch": epoch,
-        }
-        if peak:
-          flops = logging_utils.step_flops(param_counts, src_tok, tgt_tok)
-          scalars["mfu"] = flops / dt / n_dev / peak
-        if step > 1:
-          rates.append(ex / dt)
-        if loss_start is None:
-          loss_start = loss
-        loss_end = loss
-        log.write(step, "train", scalars, echo=step % tc.log_every_steps == 0 or at_end)
-        bar.set_postfix(loss=f"{loss:.4f}")
-        window, t_window = [], time.time()
-      epoch_done = it.get_state()["next_index"] >= len(eb)
-      validate_now = (
-          validate is not None and epoch_done and (epoch + 1) % tc.eval_every_epochs == 0)
-      if validate_now:
-        scores = validate(state.params, step)
-        log.write(step, "validation", scores)
-        if best_score is None or scores["score"] > best_score:
-          best_score, best_step, best_val = float(scores["score"]), step, dict(scores)
-          ckpt.save_best(step, state.params, meta_now(epoch, it.get_state()))
-        t_window = time.time()
-      if step % tc.checkpoint_every_steps == 0 or at_end or validate_now:
-        ckpt.save(step, state.params, state.opt_state, meta_now(epoch, it.get_state()))
-      if at_end:
-        stop = True
-        break
-    epoch += 1
+  with sigterm_flag() as term:
+    while not stop and epoch < int(tc.epochs):
+      eb = first if epoch == 0 else epoch_batches(epoch)
+      it = eb.iterator(it_state)
+      it_state = None
+      for local in it:
+        batch = sharding.global_batch(local, mesh, batch_dim=1)
+        state, metrics = step_fn(state, batch, rng)
+        step += 1
+        window.append((metrics, tc.batch_size,
+                       int((local["src"] != 0).sum()) * pcount, int((local["tgt"] != 0).sum()) * pcount))
+        bar.update(1)
+        at_end = step == total_steps or (max_steps and step >= max_steps)
+        if step % tc.log_every_steps == 0 or at_end or step == 1:
+          jax.block_until_ready(state.params)
+          dt = max(time.time() - t_window, 1e-9)
+          got = jax.device_get([w[0] for w in window])
+          loss = float(np.mean([g["loss"] for g in got]))
+          ex = sum(w[1] for w in window)
+          src_tok = sum(w[2] for w in window)
+          tgt_tok = sum(w[3] for w in window)
+          scalars = {
+              "loss": loss,
+              "learning_rate": float(got[-1]["learning_rate"]),
+              "grad_norm": float(got[-1]["grad_norm"]),
+              "examples_per_s": ex / dt,
+              "tokens_per_s_per_device": (src_tok + tgt_tok) / dt / n_dev,
+              "epoch": epoch,
+          }
+          if peak:
+            flops = logging_utils.step_flops(param_counts, src_tok, tgt_tok)
+            scalars["mfu"] = flops / dt / n_dev / peak
+          if step > 1:
+            rates.append(ex / dt)
+          if loss_start is None:
+            loss_start = loss
+          loss_end = loss
+          log.write(step, "train", scalars, echo=step % tc.log_every_steps == 0 or at_end)
+          bar.set_postfix(loss=f"{loss:.4f}")
+          window, t_window = [], time.time()
+        epoch_done = it.get_state()["next_index"] >= len(eb)
+        validate_now = (
+            validate is not None and epoch_done and (epoch + 1) % tc.eval_every_epochs == 0)
+        if validate_now:
+          scores = validate(state.params, step)
+          log.write(step, "validation", scores)
+          if best_score is None or scores["score"] > best_score:
+            best_score, best_step, best_val = float(scores["score"]), step, dict(scores)
+            ckpt.save_best(step, state.params, meta_now(epoch, it.get_state()))
+          t_window = time.time()
+        if step % tc.checkpoint_every_steps == 0 or at_end or validate_now:
+          ckpt.save(step, state.params, state.opt_state, meta_now(epoch, it.get_state()))
+        if term["set"]:
+          ckpt.save(step, state.params, state.opt_state, meta_now(epoch, it.get_state()))
+          ckpt.close()
+          log.close()
+          bar.close()
+          raise Preempted(f"stopped by SIGTERM at step {step}; checkpoint saved in "
+                          f"{train_dir}; run the same command again to resume")
+        if at_end:
+          stop = True
+          break
+      epoch += 1
   bar.close()
   if step > 0 and ckpt.latest_step() != step:
     ckpt.save(step, state.params, state.opt_state, meta_now(epoch - 1, None))
