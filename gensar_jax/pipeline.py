@@ -136,9 +136,14 @@ def _section(config: ml_collections.ConfigDict, key: str) -> Any:
 
 
 def fingerprint(config: ml_collections.ConfigDict, stage: Stage, workdir: pathlib.Path) -> str:
-  """Hash of the stage's config sections, the seed and its inputs' fingerprints."""
+  """Hash of the stage's code version, config sections, the seed and its inputs' fingerprints.
+
+  A stage module may define `VERSION` (a string it changes whenever its outputs
+  change for the same config); outputs written by another version are not reused.
+  """
   parts: dict[str, Any] = {
       "stage": stage.name,
+      "version": str(getattr(importlib.import_module(stage.module), "VERSION", "")),
       "seed": config.get("seed"),
       "config": {k: _section(config, k) for k in stage.config_keys},
       "inputs": {},

@@ -76,3 +76,12 @@ def test_finished_stage_is_reused_from_another_workdir(tmp_path, fake_data_stage
   pipeline.run(config, tmp_path / "ablation")
   assert fake_data_stage == [1, 1]  # Different fingerprint: computed afresh.
   assert (tmp_path / "main" / "data" / "out.txt").read_text() == "1"
+
+
+def test_a_new_stage_version_invalidates_its_outputs(tmp_path, fake_data_stage):
+  pipeline.run(_config(), tmp_path)
+  sys.modules["fake_stage"].VERSION = "2"
+  pipeline.run(_config(), tmp_path)
+  assert fake_data_stage == [1, 1]  # Same config, new code version: ran again.
+  pipeline.run(_config(), tmp_path)
+  assert fake_data_stage == [1, 1]

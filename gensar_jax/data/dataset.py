@@ -97,10 +97,15 @@ def data_source(data_dir, task: str, split: str):
   return b.as_data_source(split=name)
 
 
+def _dtype(field: str):
+  """The schema dtype of a row field (schema.py: int64 time, int32 otherwise)."""
+  return np.int64 if field == "time" else np.int32
+
+
 def load_rows(data_dir, task: str, split: str, chunk: int = 8192) -> dict[str, np.ndarray]:
   """Every row of one task's split stacked: {field: [R, ...]} (negatives [R, 99] or [R, 0]).
 
-  Read through the TFDS data source.
+  Read through the TFDS data source; dtypes as in schema.py.
   """
   source = data_source(data_dir, task, split)
   n = len(source)
@@ -114,8 +119,8 @@ def load_rows(data_dir, task: str, split: str, chunk: int = 8192) -> dict[str, n
     empty = {"user": (0,), "time": (0,), "item": (0,), "query": (0,),
              "history_kind": (0, h), "history_item": (0, h), "history_query": (0, h),
              "negatives": (0, 0)}
-    return {k: np.zeros(s, np.int64 if k == "time" else np.int32) for k, s in empty.items()}
-  return {k: np.concatenate(v) for k, v in out.items()}
+    return {k: np.zeros(s, _dtype(k)) for k, s in empty.items()}
+  return {k: np.concatenate(v).astype(_dtype(k)) for k, v in out.items()}
 
 
 def batches(data_dir, task: str, split: str, batch_size: int, *, shuffle: bool,

@@ -105,8 +105,9 @@ class TaskTargets:
     event: [T] event position of each target.
     history: [T, H] event positions of the history (oldest first, -1 padding).
     split: [T] 0 train, 1 validation, 2 test.
-    counts: skip counts {"targets", "target_without_history", "user_below_min_targets",
-      "targets_of_dropped_users", "users"}.
+    counts: skip counts {"targets", "target_without_history", "user_below_min_targets"
+      (every user with fewer than `min_targets` kept targets, none included),
+      "targets_of_dropped_users", "users" (users kept)}.
   """
 
   event: np.ndarray
@@ -153,9 +154,10 @@ def task_targets(ev: Events, kind: int, max_rec: int, max_src: int,
   n_user = np.repeat(per_user, per_user)  # targets are grouped by user
   rank_from_end = np.repeat(first + per_user, per_user) - np.arange(len(tgt)) - 1
   ok = n_user >= min_targets
-  counts["user_below_min_targets"] = int((per_user < min_targets).sum())
+  kept_users = int((per_user >= min_targets).sum())
+  counts["user_below_min_targets"] = len(np.unique(ev.user)) - kept_users
   counts["targets_of_dropped_users"] = int((~ok).sum())
-  counts["users"] = int((per_user >= min_targets).sum())
+  counts["users"] = kept_users
   split = np.where(rank_from_end == 0, 2, np.where(rank_from_end == 1, 1, 0))
   return TaskTargets(event=tgt[ok], history=hist[ok], split=split[ok].astype(np.int8),
                      counts=counts)

@@ -18,10 +18,14 @@ from gensar_jax.data import queries as queries_lib
 from gensar_jax.pipeline import PipelineError
 
 _ROUNDS = 30
+_MAX_POOL = 50_000_000  # Largest interaction total drawn from by index (else by CDF).
 
 
 def _first_distinct_valid(cand_RxC: np.ndarray, bad_RxC: np.ndarray, num: int) -> np.ndarray:
   """Per row, the first `num` distinct candidates that are >= 0 and not `bad`.
+
+  `bad` must depend only on the row and the candidate's value. Two sorts of
+  (value, position) keys: the first occurrence of each valid value, then positions.
 
   Returns:
     [R, num] int32, -1 where a row has fewer.
@@ -29,17 +33,17 @@ def _first_distinct_valid(cand_RxC: np.ndarray, bad_RxC: np.ndarray, num: int) -
   r, c = cand_RxC.shape
   if c == 0:
     return np.full((r, num), -1, np.int32)
-  order = np.argsort(cand_RxC, axis=1, kind="stable")
-  sorted_c = np.take_along_axis(cand_RxC, order, axis=1)
-  dup_sorted = np.zeros_like(sorted_c, dtype=bool)
-  dup_sorted[:, 1:] = sorted_c[:, 1:] == sorted_c[:, :-1]
-  dup = np.zeros_like(dup_sorted)
-  np.put_along_axis(dup, order, dup_sorted, axis=1)
-  valid = (cand_RxC >= 0) & ~bad_RxC & ~dup
-  pick = np.argsort(~valid, axis=1, kind="stable")[:, :num]
-  out = np.take_along_axis(cand_RxC, pick, axis=1)
-  ok = np.take_along_axis(valid, pick, axis=1)
-  out = np.where(ok, out, -1).astype(np.int32)
+  big = np.iinfo(np.int64).max
+  valid = (cand_RxC >= 0) & ~bad_RxC
+  key = np.where(valid, cand_RxC.astype(np.int64) * c + np.arange(c), big)
+  key.sort(axis=1)
+  first = np.ones(key.shape, bool)
+  first[:, 1:] = (key[:, 1:] // c) != (key[:, :-1] // c)
+  pos = np.where(first & (key != big), key % c, c)
+  pos.sort(axis=1)
+  pos = pos[:, :num]
+  out = np.take_along_axis(cand_RxC, np.minimum(pos, c - 1), axis=1)
+  out = np.where(pos < c, out, -1).astype(np.int32)
   if out.shape[1] < num:
     out = np.concatenate([out, np.full((r, num - out.shape[1]), -1, np.int32)], axis=1)
   return out
@@ -85,7 +89,7 @@ def popularity(users: np.ndarray, positives: np.ndarray, user_items: list[np.nda
   Args:
     users / positives: [R] user and target item of each row.
     user_items: per user, every item the user interacted with.
-    counts: [N] interaction counts (the sampling weights).
+    counts: [N] int interaction counts (the sampling weights).
     num: negatives per row.
     rng: seeded generator.
 
@@ -94,11 +98,21 @@ def popularity(users: np.ndarray, positives: np.ndarray, user_items: list[np.nda
   """
   n = len(counts)
   keys = _user_item_keys(user_items, n)
-  cdf = np.cumsum(counts.astype(np.float64))
-  cdf /= cdf[-1]
+  total = int(np.sum(counts))
+  if total <= 0:
+    raise PipelineError("no interactions to sample recommendation negatives from")
+  if total <= _MAX_POOL:
+    # Every interaction once: a uniform index into it draws items in proportion.
+    pool = np.repeat(np.arange(n, dtype=np.int32), np.asarray(counts, np.int64))
 
-  def draw(r, c):
-    return np.minimum(np.searchsorted(cdf, rng.random((r, c)), side="right"), n - 1)
+    def draw(r, c):
+      return pool[rng.integers(0, total, size=(r, c))]
+  else:
+    cdf = np.cumsum(np.asarray(counts, np.float64))
+    cdf /= cdf[-1]
+
+    def draw(r, c):
+      return np.minimum(np.searchsorted(cdf, rng.random((r, c)), side="right"), n - 1)
 
   def is_bad(rows, cand):
     k = users[rows].astype(np.int64)[:, None] * n + np.maximum(cand, 0)

@@ -4,7 +4,10 @@
 filters, leave-one-out and negatives, and returns everything the TFDS builder writes
 plus a summary with counts and per-phase timings.
 
-What "skipped" counts (nothing is dropped silently):
+What "skipped" counts (nothing is dropped silently; see raw.py for the whole rule on
+bad input, which is fatal where a file cannot be trusted):
+  review_duplicate: reviews repeating a (user, item) pair; the earliest (then the
+    first in the file) is kept, so a target never has its own item in its history.
   item_without_text: items with neither title nor description. They stay items (with
     identifiers and interactions); they are not BM25-indexed and their text is "".
   item_without_query: items without a category path of two or more levels (or whose
@@ -12,9 +15,14 @@ What "skipped" counts (nothing is dropped silently):
   review_without_query: reviews that gave no search event (counted, kept as rec events).
   meta_duplicate: repeated meta lines of one asin (the first is used).
   meta_unreviewed: meta lines of items nobody reviewed (not part of the catalog).
+  qrels_unmatched_pairs / qrels_bad_query: released qrels (user, item) pairs without
+    a review, and qrels lines whose query index is outside query_text.
   <task>_target_without_history: targets lacking an earlier event of either kind.
   <task>_user_below_min_targets / <task>_targets_of_dropped_users: users (and their
-    targets) with fewer than `min_targets` kept targets in that task.
+    targets) with fewer than `min_targets` kept targets in that task (users with a
+    single review are counted here).
+"repaired" counts lines kept after repair, by file and reason:
+  {reviews,meta,query_text,qrels}_{invalid_utf8,nul_bytes}.
 """
 
 from __future__ import annotations
@@ -62,6 +70,16 @@ def _rng(seed: int, stream: str) -> np.random.Generator:
   return np.random.default_rng([seed, int.from_bytes(stream.encode()[:8], "little")])
 
 
+def _first_of_each_pair(user: np.ndarray, item: np.ndarray, times: np.ndarray,
+                        num_items: int) -> np.ndarray:
+  """[n] bool: the earliest review (then the first in the file) of each (user, item)."""
+  key = user.astype(np.int64) * num_items + item
+  order = np.lexsort((np.arange(len(key)), times, key))
+  keep = np.ones(len(key), bool)
+  keep[order[1:][key[order[1:]] == key[order[:-1]]]] = False
+  return keep
+
+
 def process(raw_dir, params: Params) -> Processed:
   """Reads and processes one category folder.
 
@@ -86,6 +104,7 @@ def process(raw_dir, params: Params) -> Processed:
 
   user_ids, user = np.unique(reviews.user_ids, return_inverse=True)
   item_ids, item = np.unique(reviews.item_ids, return_inverse=True)
+  keep = _first_of_each_pair(user, item, reviews.times, len(item_ids))
   meta = raw.read_meta(files.meta, item_ids)
   if not meta.found.all():
     first = int(np.flatnonzero(~meta.found[item])[0])
@@ -93,22 +112,35 @@ def process(raw_dir, params: Params) -> Processed:
         f"{files.reviews}:{reviews.linenos[first]}: review of unknown item "
         f"{item_ids[item[first]]!r} (no line in {files.meta.name}; "
         f"{int((~meta.found).sum())} such item(s))")
+  skipped: Counter = Counter()
+  skipped["review_duplicate"] = int((~keep).sum())
+  if not keep.all():
+    user, item = user[keep], item[keep]
+    reviews = dataclasses.replace(
+        reviews, user_ids=reviews.user_ids[keep], item_ids=reviews.item_ids[keep],
+        times=reviews.times[keep], linenos=reviews.linenos[keep])
+  repaired: Counter = Counter()
+  for name, counts in (("reviews", reviews.repaired), ("meta", meta.repaired)):
+    repaired.update({f"{name}_{k}": v for k, v in counts.items()})
   lap("read_meta")
 
-  skipped: Counter = Counter()
   if released:
-    text = raw.read_query_text(files.query_text)
-    parts = [raw.read_qrels(p) for p in (files.train_qrels, files.test_qrels) if p]
+    qrepaired: Counter = Counter()
+    text = raw.read_query_text(files.query_text, qrepaired)
+    repaired.update({f"query_text_{k}": v for k, v in qrepaired.items()})
+    qrepaired = Counter()
+    parts = [raw.read_qrels(p, qrepaired) for p in (files.train_qrels, files.test_qrels) if p]
+    repaired.update({f"qrels_{k}": v for k, v in qrepaired.items()})
     qu, qq, qi = (np.concatenate([p[k] for p in parts]) for k in range(3))
     query_list, review_query, qcounts = queries_lib.released_queries(
         text, qu, qq, qi, reviews.user_ids, reviews.item_ids, _rng(params.seed, "queries"))
     skipped["qrels_unmatched_pairs"] = qcounts["qrels_unmatched_pairs"]
     skipped["qrels_bad_query"] = qcounts["qrels_bad_query"]
-    item_queries = [[] for _ in item_ids]
     has = review_query >= 0
-    for i, q in set(zip(item[has].tolist(), review_query[has].tolist())):
-      item_queries[i].append(q)
-    item_queries = [sorted(q) for q in item_queries]
+    pairs = np.unique(item[has].astype(np.int64) * max(len(query_list), 1) + review_query[has])
+    pair_item, pair_query = np.divmod(pairs, max(len(query_list), 1))
+    bounds = np.searchsorted(pair_item, np.arange(len(item_ids) + 1))
+    item_queries = [pair_query[bounds[i]:bounds[i + 1]].tolist() for i in range(len(item_ids))]
   else:
     stem_count = (queries_lib.stem_counts(reviews.word_counts) if reviews.has_text else None)
     query_list, item_queries = queries_lib.build_item_queries(
@@ -142,9 +174,10 @@ def process(raw_dir, params: Params) -> Processed:
   if num > 0 and len(item_ids) <= num:
     raise PipelineError(f"the category has {len(item_ids)} items; {num} negatives per "
                         f"target need at least {num + 1}")
-  order = np.argsort(user, kind="stable")
-  bounds = np.searchsorted(user[order], np.arange(len(user_ids) + 1))
-  user_items = [np.unique(item[order[bounds[u]:bounds[u + 1]]]) for u in range(len(user_ids))]
+  pairs = np.unique(user.astype(np.int64) * len(item_ids) + item)
+  pair_user, pair_item = np.divmod(pairs, len(item_ids))
+  user_items = np.split(pair_item.astype(np.int32),
+                        np.searchsorted(pair_user, np.arange(1, len(user_ids))))
   texts = [catalog.item_text(i) for i in range(len(item_ids))]
   hits = negatives_lib.bm25_hits(texts, query_list, max(params.bm25_top_k, num + 1))
   lap("bm25")
@@ -187,6 +220,7 @@ def process(raw_dir, params: Params) -> Processed:
       "rows": {t: {s: int(len(rows[schema.split_name(t, s)]["user"])) for s in schema.SPLITS}
                for t in schema.TASKS},
       "skipped": dict(sorted(skipped.items())),
+      "repaired": dict(sorted(repaired.items())),
       "timings": timings,
   }
   return Processed(catalog=catalog, user_ids=user_ids, rows=rows, summary=summary)

@@ -140,20 +140,22 @@ def released_queries(query_text: list[str], qrel_users: np.ndarray, qrel_queries
   qu, qq, qi = qrel_users[~bad], qrel_queries[~bad], qrel_items[~bad]
   order = rng.permutation(len(qu))
   pair = np.char.add(np.char.add(qu[order].astype(str), "\t"), qi[order].astype(str))
-  pair_u, first = np.unique(pair, return_index=True)
-  pair_q = qq[order][first]
-  texts = np.asarray(query_text, dtype=object)[pair_q]
-  queries = sorted({str(t) for t in texts if str(t).strip()})
-  index = {q: k for k, q in enumerate(queries)}
-  pair_qidx = np.asarray([index.get(str(t).strip(), -1) if str(t).strip() else -1
-                          for t in texts], np.int32)
+  pair_key, first = np.unique(pair, return_index=True)
+  pair_text = np.asarray([str(t).strip() for t in query_text], dtype=object)[qq[order][first]]
   review_pair = np.char.add(np.char.add(review_users.astype(str), "\t"),
                             review_items.astype(str))
-  pos = np.searchsorted(pair_u, review_pair)
-  pos = np.minimum(pos, max(len(pair_u) - 1, 0))
-  hit = (len(pair_u) > 0) & (pair_u[pos] == review_pair) if len(pair_u) else np.zeros(
-      len(review_pair), bool)
-  review_query = np.where(hit, pair_qidx[pos] if len(pair_u) else -1, -1).astype(np.int32)
-  counts["qrels_pairs"] = int(len(pair_u))
-  counts["qrels_unmatched_pairs"] = int(len(pair_u) - np.isin(pair_u, review_pair).sum())
+  if len(pair_key):
+    pos = np.minimum(np.searchsorted(pair_key, review_pair), len(pair_key) - 1)
+    hit = pair_key[pos] == review_pair
+  else:
+    pos, hit = np.zeros(len(review_pair), np.int64), np.zeros(len(review_pair), bool)
+  used = np.zeros(len(pair_key), bool)
+  used[pos[hit]] = True
+  queries = sorted({t for t in pair_text[used] if t})
+  index = {q: k for k, q in enumerate(queries)}
+  pair_query = np.asarray([index.get(t, -1) for t in pair_text], np.int32)
+  review_query = np.full(len(review_pair), -1, np.int32)
+  review_query[hit] = pair_query[pos[hit]]
+  counts["qrels_pairs"] = int(len(pair_key))
+  counts["qrels_unmatched_pairs"] = int((~used).sum())
   return queries, review_query, counts

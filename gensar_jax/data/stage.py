@@ -22,6 +22,9 @@ from gensar_jax.data import raw
 from gensar_jax.data import tfds_builder
 from gensar_jax.pipeline import PipelineError
 
+# Outputs change with the TFDS builder's version (bumped whenever processing changes).
+VERSION = str(tfds_builder.GensarAmazon.VERSION)
+
 
 def raw_dir(config, workdir: pathlib.Path) -> pathlib.Path:
   """The raw folder: `config.data.raw_dir`, or `<workdir>/raw` when that is empty."""
