@@ -42,6 +42,7 @@ class Stage:
     cached: whether a finished stage is skipped when its fingerprint is unchanged.
     all_hosts: in a multi-host run, whether every process runs it (sharded work:
       training, decoding); otherwise process 0 runs it and the others wait for it.
+    optional: inputs the stage can do without (it checks `has_input`).
   """
 
   name: str
@@ -50,6 +51,7 @@ class Stage:
   config_keys: tuple[str, ...]
   cached: bool = True
   all_hosts: bool = False
+  optional: tuple[str, ...] = ()
 
 
 STAGES: tuple[Stage, ...] = (
@@ -63,6 +65,7 @@ STAGES: tuple[Stage, ...] = (
         ("data", "identifiers", "doc2query"),
         ("model", "tokenizer", "tasks", "train", "mesh"),
         all_hosts=True,
+        optional=("doc2query",),
     ),
     Stage(
         "eval", "gensar_jax.evaluation.stage", ("data", "identifiers", "train", "embed"), ("eval",),
@@ -182,6 +185,40 @@ def read_summary(workdir: str | os.PathLike, stage: str) -> dict:
   return json.loads((pathlib.Path(workdir) / stage / SUMMARY).read_text())
 
 
+def check_inputs(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+                 names: list[str]) -> None:
+  """Before any work: the outputs of stages this run reads but does not run must exist
+  (unless optional) and must have been made with this config and code version.
+
+  Raises:
+    PipelineError: naming the stage to add to `config.stages`.
+  """
+  selected = set(names)
+  closure: set[str] = set()
+  todo = [i for n in names for i in _BY_NAME[n].inputs]
+  while todo:
+    name = todo.pop()
+    if name not in closure and name not in selected:
+      closure.add(name)
+      todo.extend(_BY_NAME[name].inputs)
+  for name in names:
+    stage = _BY_NAME[name]
+    for dep in stage.inputs:
+      if dep not in selected and dep not in stage.optional:
+        if not (workdir / dep / _DONE).exists():
+          raise PipelineError(
+              f"stage '{name}' needs the outputs of stage '{dep}', which are not in "
+              f"{workdir / dep}; add '{dep}' to --config.stages")
+  for stage in STAGES:
+    done = workdir / stage.name / _DONE
+    if stage.name in closure and done.exists():
+      if done.read_text().strip() != fingerprint(config, stage, workdir):
+        raise PipelineError(
+            f"the outputs of stage '{stage.name}' in {workdir / stage.name} were made with "
+            "another config or code version than this run's; add "
+            f"'{stage.name}' to --config.stages to rebuild them")
+
+
 def validate(config: ml_collections.ConfigDict, names: list[str]) -> None:
   """Runs every selected stage's `validate(config)` before any work starts."""
   for name in names:
@@ -285,5 +322,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
   names = parse_stages(config.get("stages", "all"))
   validate(config, names)
   workdir = pathlib.Path(workdir)
+  check_inputs(config, workdir, names)
   workdir.mkdir(parents=True, exist_ok=True)
   return {name: run_stage(config, workdir, name) for name in names}

@@ -85,3 +85,33 @@ def test_a_new_stage_version_invalidates_its_outputs(tmp_path, fake_data_stage):
   assert fake_data_stage == [1, 1]  # Same config, new code version: ran again.
   pipeline.run(_config(), tmp_path)
   assert fake_data_stage == [1, 1]
+
+
+def test_stale_or_missing_inputs_are_refused_before_any_work(tmp_path, monkeypatch):
+  calls = []
+  for name in ("fake_a", "fake_b"):
+    module = types.ModuleType(name)
+    module.run = lambda config, ctx, n=name: calls.append(n) or {}
+    monkeypatch.setitem(sys.modules, name, module)
+  a = pipeline.Stage("data", "fake_a", (), ("data",))
+  b = pipeline.Stage("embed", "fake_b", ("data",), ("embed",))
+  monkeypatch.setattr(pipeline, "STAGES", (a, b))
+  monkeypatch.setattr(pipeline, "_BY_NAME", {"data": a, "embed": b})
+  monkeypatch.setattr(pipeline, "available_stages", lambda: ["data", "embed"])
+  config = _config()
+  config.embed = ml_collections.ConfigDict(dict(y=1))
+  config.stages = "embed"
+  with pytest.raises(pipeline.PipelineError, match="add 'data' to --config.stages"):
+    pipeline.run(config, tmp_path)
+  config.stages = "data,embed"
+  pipeline.run(config, tmp_path)
+  assert calls == ["fake_a", "fake_b"]
+  config.stages = "embed"
+  config.data.x = 2  # The data outputs no longer match the config.
+  with pytest.raises(pipeline.PipelineError, match="another config"):
+    pipeline.run(config, tmp_path)
+  assert calls == ["fake_a", "fake_b"]
+  config.data.x = 1
+  config.embed.y = 2
+  pipeline.run(config, tmp_path)  # Only embed's own config changed: fine.
+  assert calls == ["fake_a", "fake_b", "fake_b"]

@@ -21,6 +21,7 @@ import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
+from gensar_jax import pipeline
 from gensar_jax import tokens
 from gensar_jax.decoding import beam_search
 from gensar_jax.decoding import trie
@@ -29,6 +30,14 @@ from gensar_jax.train import batches as batches_lib
 from gensar_jax.train import sharding
 
 MODES = ("sampled", "full")
+
+
+def check_beam(beam_size: int, num_items: int) -> None:
+  """Raises PipelineError when the beam is wider than the catalog."""
+  if beam_size > num_items:
+    raise pipeline.PipelineError(
+        f"config.eval.beam_size ({beam_size}) is larger than the catalog ({num_items} items); "
+        "lower it")
 
 
 def candidates_of(rows: Mapping[str, np.ndarray]) -> np.ndarray:

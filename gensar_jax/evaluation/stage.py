@@ -74,6 +74,7 @@ def run(config, ctx: pipeline.StageContext) -> dict:
   check_same_identifiers(bundle.identifiers, id_table.load(ctx.input_dir("identifiers")),
                          str(train_dir))
   catalog = dataset.load_catalog(data_dir)
+  generative.check_beam(int(config.eval.beam_size), catalog.num_items)
   builder = tasks_lib.TaskBuilder(catalog, bundle.identifiers, bundle.config.tasks)
   model = t5_lib.T5(bundle.t5_config)
   v = config.eval

@@ -7,6 +7,8 @@ Layout of the train stage directory (`<workdir>/train`):
   identifiers.npz       copy of the identifier tables the model was trained with
   config.json           the full pipeline config
   model_config.json     `T5Config.to_dict()`
+  decoding.json         fingerprints of the tokenizer and identifier tables trained with;
+                        restoring checks the files beside the checkpoint against them
 `meta` holds the epoch, the data iterator state, the RNG seed and the validation
 record, so a resumed run continues at step N+1 with the same next batch.
 """
@@ -14,6 +16,7 @@ record, so a resumed run continues at step N+1 with the same next batch.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import pathlib
 import shutil
@@ -21,6 +24,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from gensar_jax import pipeline
@@ -32,6 +36,7 @@ BEST = "best"
 TOKENIZER = "tokenizer"
 CONFIG = "config.json"
 MODEL_CONFIG = "model_config.json"
+DECODING = "decoding.json"
 
 
 def _abstract(tree: Any) -> Any:
@@ -118,6 +123,39 @@ def write_decoding_files(
   shutil.copyfile(src, train_dir / id_table.FILENAME)
   pipeline.write_text_atomic(train_dir / CONFIG, config.to_json(indent=2) + "\n")
   pipeline.write_json_atomic(train_dir / MODEL_CONFIG, t5_config.to_dict())
+  pipeline.write_json_atomic(train_dir / DECODING, {
+      "tokenizer": tokenizer.fingerprint(),
+      "identifiers": identifiers_fingerprint(id_table.load(train_dir / id_table.FILENAME))})
+
+
+def identifiers_fingerprint(ids: id_table.Identifiers) -> str:
+  """A hash of both identifier tables and the item order."""
+  h = hashlib.sha256()
+  h.update("\n".join(str(i) for i in ids.item_ids).encode())
+  for kind in id_table.KINDS:
+    t = ids.for_task("search" if kind == "semantic" else "recommendation")
+    h.update(np.ascontiguousarray(t.codes, np.int64).tobytes())
+    h.update(("|".join(t.level_names) + f"|{t.codebook_size}").encode())
+  return h.hexdigest()[:16]
+
+
+def check_decoding_files(train_dir: pathlib.Path, tokenizer, identifiers: id_table.Identifiers,
+                         t5_config: t5_lib.T5Config) -> None:
+  """Raises PipelineError when the files beside a checkpoint are not the ones it was
+  trained with (tokenizer, identifier tables) or do not fit the model."""
+  recorded = json.loads((pathlib.Path(train_dir) / DECODING).read_text())
+  if recorded["tokenizer"] != tokenizer.fingerprint():
+    raise pipeline.PipelineError(
+        f"the tokenizer in {train_dir / TOKENIZER} differs from the one the checkpoint was "
+        "trained with; restore the original files or retrain")
+  if recorded["identifiers"] != identifiers_fingerprint(identifiers):
+    raise pipeline.PipelineError(
+        f"the identifier tables in {train_dir / id_table.FILENAME} differ from the ones the "
+        "checkpoint was trained with; restore the original files or retrain")
+  if tokenizer.vocab_size > t5_config.vocab_size:
+    raise pipeline.PipelineError(
+        f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
+        f"{t5_config.vocab_size} embeddings")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +192,7 @@ def load_for_decoding(train_dir, which: str = "best") -> DecodingBundle:
   config = ml_collections.ConfigDict(json.loads((train_dir / CONFIG).read_text()))
   tokenizer = tok_lib.Tokenizer.load(train_dir / TOKENIZER)
   identifiers = id_table.load(train_dir / id_table.FILENAME)
+  check_decoding_files(train_dir, tokenizer, identifiers, t5_config)
 
   manager = None
   for name in ((BEST, PERIODIC) if which == "best" else (PERIODIC,)):

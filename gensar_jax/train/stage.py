@@ -52,6 +52,8 @@ def validate(config) -> None:
   for ok, message in checks:
     if not ok:
       raise pipeline.PipelineError(f"config: {message}")
+  if config.data.demo:
+    generative.check_beam(int(config.eval.beam_size), int(config.data.demo_items))
   try:
     tasks_lib.check_counts(dict(config.tasks.counts))
   except ValueError as e:
@@ -108,6 +110,7 @@ def run(config, ctx: pipeline.StageContext) -> dict:
   data_dir = ctx.input_dir("data")
   ids_dir = ctx.input_dir("identifiers")
   catalog = dataset.load_catalog(data_dir)
+  generative.check_beam(int(config.eval.beam_size), catalog.num_items)
   identifiers = id_table.load(ids_dir)
   pseudo = load_pseudo_queries(config, ctx, catalog.item_ids)
   builder = tasks_lib.TaskBuilder(catalog, identifiers, config.tasks, pseudo_queries=pseudo)

@@ -1,0 +1,192 @@
+"""Every stage on a tiny generated world, in one process, on 8 simulated devices."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from gensar_jax import pipeline
+from gensar_jax.evaluation import metrics as metrics_lib
+from gensar_jax.inference import api
+from gensar_jax.inference import stage as infer_stage
+from tests.conftest import REPO
+
+STAGES = "data,embed,identifiers,doc2query,train,eval,report,infer"
+
+
+def tiny_config(**overrides):
+  """The demo config shrunk to a world of 80 users and 60 items and tiny models."""
+  spec = importlib.util.spec_from_file_location("demo_cfg", REPO / "configs" / "demo.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config()
+  c.stages = STAGES
+  c.data.demo_users, c.data.demo_items, c.data.num_negatives = 80, 60, 19
+  c.embed.sasrec.update(epochs=2, hidden=16, batch_size=32)
+  c.identifiers.update(codebook_size=8, hidden_dims=(32,), latent_dim=16, epochs=10,
+                       warmup_epochs=2, batch_size=32, eval_every_epochs=5)
+  tiny = dict(d_model=32, d_ff=64, num_encoder_layers=1, num_decoder_layers=1, num_heads=2,
+              d_kv=16)
+  c.doc2query.update(vocab_size=200, max_text_len=32, generate_batch_size=16)
+  c.doc2query.model.update(tiny)
+  c.doc2query.train.update(batch_size=16, epochs=1, log_every_steps=5)
+  c.tokenizer.vocab_size = 300
+  c.model.update(tiny)
+  c.tasks.counts.update(nsip=200, nsqp=20, adhoc=20, desc2id=20, id2desc=20)
+  c.tasks.max_source_len = 128
+  c.train.update(batch_size=16, epochs=1, eval_rows=16, log_every_steps=5,
+                 checkpoint_every_steps=20)
+  c.eval.update(beam_size=5, batch_size=8, max_examples=16)
+  c.infer.example_requests = 3
+  with c.unlocked():
+    for key, value in overrides.items():
+      set_field(c, key, value)
+  return c
+
+
+def set_field(config, key: str, value) -> None:
+  """Sets a dotted field, e.g. `set_field(c, "eval.beam_size", 5)`."""
+  *path, last = key.split(".")
+  for part in path:
+    config = config[part]
+  config[last] = value
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("e2e")
+  summaries = pipeline.run(tiny_config(), workdir)
+  return workdir, summaries
+
+
+def test_every_stage_finishes_with_its_outputs(finished):
+  workdir, summaries = finished
+  assert list(summaries) == STAGES.split(",")
+  for stage in STAGES.split(","):
+    assert (workdir / stage / "summary.json").exists(), stage
+  assert summaries["data"]["items"] == 60
+  assert summaries["identifiers"]["collision_after"] == {"semantic": 0.0, "collaborative": 0.0}
+  d2q = summaries["doc2query"]
+  assert d2q["items_with_pseudo_query"] + d2q["items_without_text"] <= 60
+  assert d2q["items_with_pseudo_query"] > 0
+  assert summaries["train"]["steps"] >= 1
+  assert summaries["train"]["pseudo_queries"] is True
+
+
+def test_metrics_json_has_the_documented_shape(finished):
+  workdir, _ = finished
+  metrics = json.loads((workdir / "eval" / "metrics.json").read_text())
+  for task in ("recommendation", "search"):
+    for mode in ("sampled", "full"):
+      m = metrics[task][mode]
+      assert set(metrics_lib.METRIC_KEYS) <= set(m) and m["count"] == 16
+      assert all(0.0 <= m[k] <= 1.0 for k in metrics_lib.METRIC_KEYS)
+      assert m["hr@1"] <= m["hr@5"] <= m["hr@10"]
+  assert set(metrics["baselines"]) == {"sasrec", "bm25", "dense", "popularity"}
+  assert set(metrics["baselines"]["bm25"]) == {"search"}
+  report = json.loads((workdir / "report" / "results.json").read_text())["methods"]
+  assert report[0]["method"] == "GenSAR"
+  assert report[0]["search"] == metrics["search"]
+
+
+def test_a_rerun_skips_every_cached_stage(finished):
+  workdir, summaries = finished
+  again = pipeline.run(tiny_config(stages="data,embed,identifiers,doc2query,train,eval"), workdir)
+  for stage, s in again.items():
+    assert s["wall_s"] == summaries[stage]["wall_s"], stage  # read back, not recomputed
+
+
+def test_inference_answers_equal_the_evaluation_ranking(finished):
+  workdir, _ = finished
+  model = api.GenSAR.load(workdir)
+  from gensar_jax.data import dataset  # pylint: disable=g-import-not-at-top
+
+  rows = dataset.load_rows(workdir / "data", "search", "test")
+  lines = infer_stage.example_requests(model, workdir / "data", 3)
+  reqs = [json.loads(l) for l in lines]
+  assert [r["task"] for r in reqs] == ["recommend", "search", "search"]
+  answers = infer_stage.answer_requests(model, lines, 5, progress=False)
+  # The eval path on the same test rows: the prompt and the full-catalog decoding.
+  for j, req in enumerate(reqs[1:]):
+    row = {k: v[j:j + 1] for k, v in rows.items()}
+    items, scores = model.ranker.rank_prompts(
+        model.bundle.params, "search", model.builder.eval_sources("search", row), None,
+        ("full",))["full"]
+    want = [str(model.catalog.item_ids[i]) for i in items[0][:3] if i >= 0]
+    got = answers[j + 1]["items"]
+    assert [h["item_id"] for h in got] == want
+    np.testing.assert_allclose([h["score"] for h in got], scores[0][:len(want)], atol=1e-4)
+  for a in answers:
+    for h in a["items"]:
+      assert h["item_id"] in set(model.catalog.item_ids.tolist())
+
+
+def test_bad_requests_get_error_lines_and_the_rest_are_answered(finished):
+  workdir, _ = finished
+  model = api.GenSAR.load(workdir)
+  item = str(model.catalog.item_ids[0])
+  long_history = [["rec", item]] * 9 + [["search", "gel pen", item]] * 7
+  lines = [
+      json.dumps({"id": "ok", "task": "recommend", "history": [["rec", item]]}),
+      json.dumps({"id": "unknown", "task": "recommend", "history": [["rec", "NOPE"]]}),
+      json.dumps({"id": "noquery", "task": "search", "history": []}),
+      "{not json",
+      json.dumps({"id": "long", "task": "search", "query": "pen", "history": long_history}),
+      json.dumps({"id": "cands", "task": "search", "query": "pen", "history": [],
+                  "candidates": [item, str(model.catalog.item_ids[1])], "k": 2}),
+  ]
+  answers = infer_stage.answer_requests(model, lines, 5, progress=False)
+  assert [a.get("id") for a in answers] == ["ok", "unknown", "noquery", None, "long", "cands"]
+  assert "items" in answers[0] and len(answers[0]["items"]) == 5
+  assert "unknown item id 'NOPE'" in answers[1]["error"]
+  assert "query" in answers[2]["error"]
+  assert "malformed JSON" in answers[3]["error"] and answers[3]["line"] == 4
+  assert len(answers[4]["items"]) == 5 and "truncated" in answers[4]["notes"][0]
+  assert {h["item_id"] for h in answers[5]["items"]} <= {item, str(model.catalog.item_ids[1])}
+
+
+def test_a_checkpoint_with_other_tokenizer_or_identifiers_is_refused(finished, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+
+  from gensar_jax.identifiers import table as id_table  # pylint: disable=g-import-not-at-top
+  from gensar_jax.model import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
+  from gensar_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+
+  workdir, _ = finished
+  train = tmp_path / "train"
+  shutil.copytree(workdir / "train", train)
+  ckpt_lib.load_for_decoding(train)  # The untouched copy restores.
+  ids = id_table.load(train)
+  codes = ids.semantic.codes.copy()
+  codes[[0, 1]] = codes[[1, 0]]  # Two items swap identifiers.
+  id_table.save(train, id_table.Identifiers(
+      ids.item_ids, id_table.IdentifierTable(codes, ids.semantic.level_names,
+                                             ids.semantic.codebook_size), ids.collaborative))
+  with pytest.raises(pipeline.PipelineError, match="identifier tables .* differ"):
+    ckpt_lib.load_for_decoding(train)
+  shutil.copy(workdir / "train" / id_table.FILENAME, train / id_table.FILENAME)
+  tok = tok_lib.Tokenizer.load(train / "tokenizer")
+  other = tok_lib.add_gensar_tokens(tok_lib.train_backend(["other words entirely"] * 20, 60),
+                                    list(tok.level_offsets), tok.codebook_size)
+  other.save(train / "tokenizer")
+  with pytest.raises(pipeline.PipelineError, match="tokenizer .* differs"):
+    ckpt_lib.load_for_decoding(train)
+
+
+def test_eval_refuses_a_model_trained_on_other_identifiers(finished, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+
+  workdir, _ = finished
+  copy = tmp_path / "w"
+  shutil.copytree(workdir, copy)
+  from gensar_jax.identifiers import table as id_table  # pylint: disable=g-import-not-at-top
+
+  ids = id_table.load(copy / "identifiers")
+  codes = ids.collaborative.codes.copy()
+  codes[[2, 3]] = codes[[3, 2]]
+  id_table.save(copy / "identifiers", id_table.Identifiers(
+      ids.item_ids, ids.semantic, id_table.IdentifierTable(
+          codes, ids.collaborative.level_names, ids.collaborative.codebook_size)))
+  with pytest.raises(pipeline.PipelineError, match="other identifier tables"):
+    pipeline.run(tiny_config(stages="eval", **{"eval.max_examples": 4}), copy)
