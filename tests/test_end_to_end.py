@@ -190,3 +190,23 @@ def test_eval_refuses_a_model_trained_on_other_identifiers(finished, tmp_path):
           codes, ids.collaborative.level_names, ids.collaborative.codebook_size)))
   with pytest.raises(pipeline.PipelineError, match="other identifier tables"):
     pipeline.run(tiny_config(stages="eval", **{"eval.max_examples": 4}), copy)
+
+
+def test_same_config_and_seed_give_bit_identical_results(finished, tmp_path):
+  workdir, _ = finished
+  again = tmp_path / "again"
+  pipeline.run(tiny_config(stages="data,embed,identifiers,doc2query,train,eval"), again)
+  for name in ("semantic.npy", "collaborative.npy"):
+    np.testing.assert_array_equal(np.load(again / "embed" / name), np.load(workdir / "embed" / name))
+  with np.load(workdir / "identifiers" / "identifiers.npz") as a, \
+       np.load(again / "identifiers" / "identifiers.npz") as b:
+    for key in a.files:
+      np.testing.assert_array_equal(a[key], b[key])
+  assert ((again / "doc2query" / "pseudo_queries.json").read_text()
+          == (workdir / "doc2query" / "pseudo_queries.json").read_text())
+  history = lambda d: [json.loads(l) for l in (d / "train" / "metrics.jsonl").read_text().splitlines()]
+  strip = lambda rows: [{k: v for k, v in r.items() if "per_s" not in k} for r in rows]
+  assert strip(history(again)) == strip(history(workdir))
+  first = json.loads((workdir / "eval" / "metrics.json").read_text())
+  second = json.loads((again / "eval" / "metrics.json").read_text())
+  assert first == second

@@ -101,3 +101,10 @@ def test_a_tokenizer_with_other_special_ids_is_rejected(tmp_path):
   (tmp_path / "x.json").write_text(json.dumps({}))
   with pytest.raises(FileNotFoundError):
     tok_lib.load_pretrained_backend(tmp_path)
+
+
+def test_training_is_deterministic():
+  texts = [f"item {i} with words {i % 7} and more {i % 13} text" for i in range(400)] + TEXTS
+  first = tok_lib.train_backend(texts, 150).to_str()
+  for _ in range(3):
+    assert tok_lib.train_backend(texts, 150).to_str() == first

@@ -3,7 +3,9 @@
 Two sources for the subword model (DESIGN §5):
   * a pretrained T5 tokenizer from a local Hugging Face folder (`tokenizer.json`, or
     `spiece.model` converted by `transformers`), or
-  * a Unigram model (T5's kind) trained with `tokenizers` on the dataset's own text.
+  * a BPE model trained with `tokenizers` on the dataset's own text. (T5's own kind,
+    Unigram, is not used: the `tokenizers` Unigram trainer gives a different vocabulary
+    from run to run, which would break bit-identical reruns; its BPE trainer does not.)
 Either way the ids follow T5's convention (pad 0, eos 1, unk 2) and GenSAR's tokens are
 appended as single added tokens: the behaviour tokens `<R_I>`, `<S_Q>`, `<S_I>`, then
 every identifier level's K code tokens in code order, so code `c` of level `n` is id
@@ -113,19 +115,18 @@ class Tokenizer:
 
 
 def train_backend(texts: Iterable[str], vocab_size: int) -> tokenizers.Tokenizer:
-  """A Unigram subword model (NFKC, lower-case, metaspace) trained on `texts`.
+  """A BPE subword model (NFKC, lower-case, metaspace) trained on `texts`, deterministically.
 
   Args:
     texts: training text (item text, queries, instruction phrasings).
     vocab_size: target vocabulary before GenSAR's added tokens (pad, eos, unk included).
   """
-  backend = tokenizers.Tokenizer(models.Unigram())
+  backend = tokenizers.Tokenizer(models.BPE(unk_token=UNK))
   backend.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
   backend.pre_tokenizer = pre_tokenizers.Metaspace()
   backend.decoder = decoders.Metaspace()
-  trainer = trainers.UnigramTrainer(
-      vocab_size=int(vocab_size), special_tokens=[PAD, EOS, UNK], unk_token=UNK,
-      show_progress=False)
+  trainer = trainers.BpeTrainer(
+      vocab_size=int(vocab_size), special_tokens=[PAD, EOS, UNK], show_progress=False)
   backend.train_from_iterator(texts, trainer)
   return backend
 
