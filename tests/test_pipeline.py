@@ -115,3 +115,32 @@ def test_stale_or_missing_inputs_are_refused_before_any_work(tmp_path, monkeypat
   config.embed.y = 2
   pipeline.run(config, tmp_path)  # Only embed's own config changed: fine.
   assert calls == ["fake_a", "fake_b", "fake_b"]
+
+
+def test_a_stage_cut_off_midway_is_never_taken_as_done(tmp_path, monkeypatch):
+  attempts = []
+  module = types.ModuleType("fake_crash")
+
+  def run(config, ctx):
+    attempts.append(sorted(p.name for p in ctx.dir.iterdir()))
+    (ctx.dir / "part.txt").write_text("half")
+    if len(attempts) == 1:
+      raise KeyboardInterrupt  # Stands in for a kill in the middle of writing.
+    (ctx.dir / "part.txt").write_text("whole")
+    return {"ok": True}
+
+  module.run = run
+  monkeypatch.setitem(sys.modules, "fake_crash", module)
+  stage = pipeline.Stage("data", "fake_crash", (), ("data",))
+  monkeypatch.setattr(pipeline, "_BY_NAME", {"data": stage})
+  monkeypatch.setattr(pipeline, "available_stages", lambda: ["data"])
+  with pytest.raises(KeyboardInterrupt):
+    pipeline.run(_config(), tmp_path)
+  assert not (tmp_path / "data" / ".done").exists()
+  assert not (tmp_path / "data" / "summary.json").exists()
+  pipeline.run(_config(), tmp_path)  # The same command: the stage runs again.
+  assert len(attempts) == 2 and "part.txt" in attempts[1]  # Same attempt: kept its files.
+  assert (tmp_path / "data" / "part.txt").read_text() == "whole"
+  assert (tmp_path / "data" / ".done").exists()
+  pipeline.run(_config(x_extra=1), tmp_path)  # Another config: starts from an empty dir.
+  assert attempts[2] == [".started"]
