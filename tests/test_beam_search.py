@@ -25,13 +25,13 @@ def _random_codes(rng, n, levels, k):
 
 
 @pytest.mark.parametrize("score", ["allowed", "full"])
-@pytest.mark.parametrize("first_token", [fakes.BEHAVIOUR[2], None])
-def test_beams_equal_exhaustive_top_when_nothing_is_pruned(score, first_token):
+@pytest.mark.parametrize("first_token,levels,k,beam", [
+    (fakes.BEHAVIOUR[2], 3, 5, 12), (None, 3, 5, 12), (fakes.BEHAVIOUR[0], 4, 8, 30)])
+def test_beams_equal_exhaustive_top_when_nothing_is_pruned(score, first_token, levels, k, beam):
   rng = np.random.default_rng(1)
-  levels, k, beam = 3, 5, 12
   tok = fakes.level_tokens(levels, k, first_token)
-  codes = _random_codes(rng, 40, levels, k)
-  cands = np.stack([rng.permutation(40)[:12] for _ in range(4)])  # 12 <= beam
+  codes = _random_codes(rng, 3 * beam, levels, k)
+  cands = np.stack([rng.permutation(3 * beam)[:beam] for _ in range(4)])  # beam candidates
   tables = trie.build_batched(codes, cands, k)
   keys = [3, 8, 11, 20]
   items, scores = _run(tables, keys, tok, beam=beam, score=score)
@@ -88,6 +88,27 @@ def test_per_example_sets_do_not_leak():
   cands = np.array([[0, 1, -1], [4, -1, -1], [6, 7, 8]])
   items, _ = _run(trie.build_batched(codes, cands, k), [1, 1, 1], tok, beam=5)
   assert set(items[0]) == {0, 1, -1} and set(items[1]) == {4, -1} and set(items[2]) == {6, 7, 8, -1}
+
+
+def test_per_example_sets_do_not_leak_on_the_mesh():
+  # Eight examples with the same fake logits (same key) but disjoint candidate sets,
+  # sharded over 8 devices: each gets exactly what it gets when decoded alone.
+  rng = np.random.default_rng(7)
+  levels, k, beam = 3, 6, 10
+  tok = fakes.level_tokens(levels, k)
+  codes = _random_codes(rng, 8 * 25, levels, k)
+  cands = rng.permutation(len(codes)).reshape(8, 25)
+  cands[3, 5:] = -1  # one example with fewer candidates than the beam
+  tables = trie.build_batched(codes, cands, k)
+  mesh = jax.make_mesh((8,), ("data",))
+  items, scores = _run(tables, [4] * 8, tok, beam=beam, mesh=mesh)
+  for b in range(8):
+    alone_items, alone_scores = _run(tables[b:b + 1], [4], tok, beam=beam)
+    np.testing.assert_array_equal(items[b], alone_items[0])
+    np.testing.assert_allclose(scores[b], alone_scores[0], atol=1e-5)
+    got = items[b][items[b] >= 0]
+    assert set(got.tolist()) <= set(cands[b].tolist())
+    assert len(got) == (5 if b == 3 else beam)
 
 
 def test_beam_wider_than_the_candidates_returns_each_once():

@@ -247,6 +247,50 @@ def test_dropout_only_when_not_deterministic():
   assert np.abs(a - base).max() > 1e-3 and np.abs(a - b).max() > 1e-3
 
 
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_keep_mask_is_bernoulli_and_independent(rate):
+  shape = (8, 64, 256)
+  n = math.prod(shape)
+  seed = lambda i: jax.random.bits(jax.random.PRNGKey(i), (2,), jnp.uint32)
+  a = np.asarray(t5.keep_mask(seed(0), shape, rate))
+  b = np.asarray(t5.keep_mask(seed(1), shape, rate))
+  assert a.shape == shape and a.dtype == bool
+  tol = 5 * math.sqrt(rate * (1 - rate) / n)
+  drop_a, drop_b = ~a, ~b
+  assert abs(drop_a.mean() - rate) < tol and abs(drop_b.mean() - rate) < tol
+  # Independent of the neighbour along every axis, and of another seed's mask.
+  pair_tol = 5 * math.sqrt(rate**2 / n)
+  for axis in range(3):
+    both = drop_a.take(range(1, shape[axis]), axis) & drop_a.take(range(shape[axis] - 1), axis)
+    assert abs(both.mean() - rate**2) < pair_tol, axis
+  assert abs((drop_a & drop_b).mean() - rate**2) < pair_tol
+  # Deterministic in the seed.
+  np.testing.assert_array_equal(t5.keep_mask(seed(0), shape, rate), a)
+
+
+def test_dropout_values_and_sharding_invariance():
+  x = jnp.arange(1.0, 1.0 + 8 * 40).reshape(8, 40)
+  drop = t5.Dropout(0.25)
+  rngs = {"dropout": jax.random.PRNGKey(3)}
+  y = np.asarray(drop.apply({}, x, deterministic=False, rngs=rngs))
+  kept = y != 0
+  np.testing.assert_allclose(y[kept], np.asarray(x)[kept] / 0.75, rtol=1e-6)
+  assert 0.6 < kept.mean() < 0.9
+  np.testing.assert_array_equal(drop.apply({}, x, deterministic=True), x)
+  # The whole model's dropout gives the same logits whether the batch is sharded over
+  # the 8 simulated devices or not (masks come from global element indices).
+  model, params = _model(dropout_rate=0.3)
+  src, tgt = _batch(np.random.default_rng(6), b=8)
+  run = lambda s, t: model.apply(params, s, t, deterministic=False,
+                                 rngs={"dropout": jax.random.PRNGKey(4)})
+  want = jax.jit(run)(src, tgt)
+  mesh = jax.make_mesh((8,), ("data",))
+  batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  got = jax.jit(run, in_shardings=(batch, batch))(src, tgt)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+  assert np.abs(np.asarray(want) - np.asarray(model.apply(params, src, tgt))).max() > 1e-3
+
+
 def test_bfloat16_compute_close_to_float32():
   model, params = _model()
   bf16 = t5.T5(t5.T5Config(**{**TINY, "dtype": "bfloat16"}))

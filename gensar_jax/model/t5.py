@@ -13,6 +13,11 @@ unscaled dot-product attention, relative position buckets (bidirectional in the
 encoder, causal in the decoder) whose bias is computed once per stack and shared by its
 layers, shared input/output embeddings (v1.0: decoder output scaled by d_model**-0.5)
 or an untied `lm_head` (v1.1), ReLU or gated-GELU feed-forward, dropout.
+Dropout draws its masks from a counter-based integer hash of each element's index
+(`keep_mask`), seeded once per call from the "dropout" rng: about a fifth of the work
+of `jax.random.bernoulli`'s threefry masks, which on CPU took over a quarter of a
+t5-small train step; masks stay deterministic in the rng and independent of how the
+batch is sharded.
 Parameters are float32; `T5Config.dtype` is the activation/compute dtype.
 """
 
@@ -144,6 +149,54 @@ def _normal(stddev: float):
   return nn.initializers.normal(stddev=stddev)
 
 
+def _mix32(x: jax.Array) -> jax.Array:
+  """A bijective avalanche hash of uint32 values (xor-shift / multiply rounds)."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x7FEB352D)
+  x = x ^ (x >> 15)
+  x = x * jnp.uint32(0x846CA68B)
+  return x ^ (x >> 16)
+
+
+def keep_mask(seed_2: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
+  """Bernoulli(1 - rate) keep mask: a hash of each element's row-major index and a seed.
+
+  Each element's flat index (mod 2**32) is spread by an odd multiplier, offset by
+  `seed_2[0]`, hashed, xor-ed with `seed_2[1]` and hashed again; the element is kept
+  when the result is at least `rate * 2**32`. Built from per-dimension iotas, so a
+  sharded array gets the same mask as an unsharded one.
+
+  Args:
+    seed_2: uint32 `[2]` (e.g. `jax.random.bits(key, (2,), jnp.uint32)`).
+    shape: the mask's shape (up to 2**32 elements; larger masks repeat).
+    rate: drop probability in [0, 1).
+  """
+  index = jnp.zeros(shape, jnp.uint32)
+  stride = 1
+  for d in reversed(range(len(shape))):
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, d) * jnp.uint32(stride % 2**32)
+    stride *= shape[d]
+  x = _mix32(index * jnp.uint32(0x9E3779B9) + seed_2[0])
+  x = _mix32(x ^ seed_2[1])
+  return x >= jnp.uint32(min(int(round(rate * 2**32)), 2**32 - 1))
+
+
+class Dropout(nn.Module):
+  """Inverted dropout (drop with probability `rate`, scale kept values by 1/(1-rate))."""
+
+  rate: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+    if deterministic or self.rate == 0.0:
+      return x
+    if self.rate >= 1.0:
+      return jnp.zeros_like(x)
+    seed_2 = jax.random.bits(self.make_rng("dropout"), (2,), jnp.uint32)
+    keep = keep_mask(seed_2, x.shape, self.rate)
+    return jnp.where(keep, x / (1.0 - self.rate), 0).astype(x.dtype)
+
+
 def _mask_bias(mask: jax.Array) -> jax.Array:
   """Additive float32 bias: 0 where `mask` is True, a large negative number elsewhere."""
   return jnp.where(mask, 0.0, _MASKED).astype(jnp.float32)
@@ -179,7 +232,7 @@ class FeedForward(nn.Module):
     else:
       h = jax.nn.gelu(dense(c.d_ff, c.d_model, "wi_0")(x), approximate=True)
       h = h * dense(c.d_ff, c.d_model, "wi_1")(x)
-    h = nn.Dropout(c.dropout_rate)(h, deterministic=deterministic)
+    h = Dropout(c.dropout_rate)(h, deterministic=deterministic)
     return dense(c.d_model, c.d_ff, "wo")(h)
 
 
@@ -199,7 +252,7 @@ class Attention(nn.Module):
     self.key = dense(inner, c.d_model**-0.5)
     self.value = dense(inner, c.d_model**-0.5)
     self.out = dense(c.d_model, inner**-0.5)
-    self.dropout = nn.Dropout(c.dropout_rate)
+    self.dropout = Dropout(c.dropout_rate)
 
   def _heads(self, x: jax.Array) -> jax.Array:
     return x.reshape(x.shape[:-1] + (self.config.num_heads, self.config.d_kv))
@@ -243,7 +296,7 @@ class EncoderLayer(nn.Module):
   @nn.compact
   def __call__(self, x_BxSxD, bias_BxHxSxS, deterministic):
     c = self.config
-    drop = nn.Dropout(c.dropout_rate)
+    drop = Dropout(c.dropout_rate)
     y = RMSNorm(c, name="pre_attention_norm")(x_BxSxD)
     y = Attention(c, name="attention")(y, y, bias_BxHxSxS, deterministic)
     x_BxSxD = x_BxSxD + drop(y, deterministic=deterministic)
@@ -264,7 +317,7 @@ class DecoderLayer(nn.Module):
     self.cross_attention = Attention(c)
     self.pre_mlp_norm = RMSNorm(c)
     self.mlp = FeedForward(c)
-    self.drop = nn.Dropout(c.dropout_rate)
+    self.drop = Dropout(c.dropout_rate)
 
   def __call__(self, x_BxTxD, enc_BxSxD, self_bias, cross_bias, deterministic):
     """Teacher forcing over the whole target sequence."""
@@ -330,7 +383,7 @@ class Encoder(nn.Module):
                       name="relpos_bias")
     bias_HxSxS = jnp.transpose(relpos(buckets_SxS), (2, 0, 1)).astype(jnp.float32)
     bias_BxHxSxS = bias_HxSxS[None] + _mask_bias(src_mask_BxS)[:, None, None, :]
-    drop = nn.Dropout(c.dropout_rate)
+    drop = Dropout(c.dropout_rate)
     x = drop(x_BxSxD, deterministic=deterministic)
     for i in range(c.num_encoder_layers):
       x = EncoderLayer(c, name=f"layer_{i}")(x, bias_BxHxSxS, deterministic)
@@ -350,7 +403,7 @@ class Decoder(nn.Module):
                                 param_dtype=jnp.float32)
     self.layers = [DecoderLayer(c, name=f"layer_{i}") for i in range(c.num_decoder_layers)]
     self.final_norm = RMSNorm(c)
-    self.drop = nn.Dropout(c.dropout_rate)
+    self.drop = Dropout(c.dropout_rate)
 
   def _bias(self, rel):
     c = self.config

@@ -95,9 +95,16 @@ def make_model(config, vocab_size: int):
   if config.model.init_checkpoint_dir:
     from gensar_jax.model import hf_import  # pylint: disable=g-import-not-at-top
 
-    t5_config, params = hf_import.load(
-        config.model.init_checkpoint_dir, vocab_size=vocab_size, overrides=config.model,
-        seed=int(config.seed) + _SEED_SALT)
+    try:
+      t5_config, params = hf_import.load(
+          config.model.init_checkpoint_dir, vocab_size=vocab_size,
+          seed=int(config.seed) + _SEED_SALT, dtype=config.model.dtype,
+          dropout_rate=float(config.model.dropout_rate))
+    except (OSError, KeyError, ValueError) as e:
+      raise pipeline.PipelineError(
+          f"config.model.init_checkpoint_dir={config.model.init_checkpoint_dir}: {e}") from None
+    logging.info("train: starting from %s (its dimensions replace config.model's)",
+                 config.model.init_checkpoint_dir)
   else:
     t5_config = t5_lib.T5Config.from_config(config.model, vocab_size)
     params = t5_lib.init_params(t5_config, jax.random.key(int(config.seed) + _SEED_SALT))
