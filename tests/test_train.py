@@ -155,7 +155,7 @@ def test_batch_plan_covers_each_example_once_with_little_padding():
 def test_tiny_model_learns_a_planted_identifier_mapping(tmp_path):
   model, params = _model(dropout=0.0)
   data = _planted(256, seed=1)
-  c = _config(batch_size=32, epochs=40, learning_rate=1e-2, log_every_steps=20,
+  c = _config(batch_size=32, epochs=100, learning_rate=1e-2, log_every_steps=20,
               checkpoint_every_steps=10_000)
   result = loop.train(c, tmp_path, model=model, init_params=params, make_epoch=lambda e: data)
   assert result.loss_start > 2.0
