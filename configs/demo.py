@@ -25,7 +25,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The amazon config at `preset=cpu`, pointed at the generated demo world."""
   del arg
   c = _amazon().get_config("category=Demo,preset=cpu")
+  c.stages = "data,embed,identifiers,doc2query,train,eval,report,infer"  # All, then answers.
   c.data.demo = True  # Generate the demo world (into <workdir>/raw when raw_dir is "").
+  c.infer.example_requests = 3  # End by answering 1 recommendation and 2 search requests.
   c.embed.sasrec.epochs = 30  # Short SASRec training.
   c.identifiers.epochs = 100  # Short quantizer training.
   c.identifiers.warmup_epochs = 10  # Short warmup to match.

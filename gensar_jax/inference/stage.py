@@ -26,6 +26,7 @@ import tqdm
 
 from gensar_jax import pipeline
 from gensar_jax.data import dataset
+from gensar_jax.data import schema
 from gensar_jax.inference import api
 
 TASKS = {"recommend": "recommendation", "search": "search"}
@@ -117,6 +118,18 @@ def answer_requests(model: api.GenSAR, lines: list[str], default_k: int,
   return out
 
 
+def history_of_row(catalog, rows, r: int) -> list[list[str]]:
+  """Row `r`'s history as request events (item ids and query text), oldest first."""
+  history = []
+  for kind, item, q in zip(rows["history_kind"][r], rows["history_item"][r],
+                           rows["history_query"][r]):
+    if kind == schema.KIND_REC:
+      history.append(["rec", str(catalog.item_ids[item])])
+    elif kind == schema.KIND_SEARCH:
+      history.append(["search", catalog.queries[q], str(catalog.item_ids[item])])
+  return history
+
+
 def example_requests(model: api.GenSAR, data_dir, count: int) -> list[str]:
   """Request lines from the test split: one recommendation, then searches (count in all)."""
   lines = []
@@ -125,13 +138,7 @@ def example_requests(model: api.GenSAR, data_dir, count: int) -> list[str]:
     rows = dataset.load_rows(data_dir, task, "test")
     n = 1 if task == "recommendation" else max(count - 1, 0)
     for r in range(min(n, len(rows["item"]))):
-      history = []
-      for kind, item, q in zip(rows["history_kind"][r], rows["history_item"][r],
-                               rows["history_query"][r]):
-        if kind == 1:
-          history.append(["rec", str(catalog.item_ids[item])])
-        elif kind == 2:
-          history.append(["search", catalog.queries[q], str(catalog.item_ids[item])])
+      history = history_of_row(catalog, rows, r)
       req = {"id": f"example-{task}-{r}", "task": "recommend" if task == "recommendation"
              else "search", "history": history, "k": 3}
       if task == "search":
