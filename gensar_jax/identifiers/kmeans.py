@@ -7,6 +7,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from gensar_jax.identifiers import quantizer
+
 
 def _sq_dist(x_NxD: jax.Array, c_KxD: jax.Array) -> jax.Array:
   return (
@@ -21,16 +23,19 @@ def kmeans_plus_plus(x_NxD: jax.Array, k: int, key: jax.Array) -> jax.Array:
   repeat points (the duplicate centres then stay empty in Lloyd's iterations).
   """
   n = x_NxD.shape[0]
-  keys = jax.random.split(key, k)
-  first = x_NxD[jax.random.randint(keys[0], (), 0, n)]
+  first_key, draw_key = jax.random.split(key)
+  u_K = jax.random.uniform(draw_key, (k,), x_NxD.dtype)  # one draw per centre
+  first = x_NxD[jax.random.randint(first_key, (), 0, n)]
   centres_KxD = jnp.zeros((k, x_NxD.shape[1]), x_NxD.dtype).at[0].set(first)
   min_d_N = jnp.sum((x_NxD - first) ** 2, -1)
 
   def body(i, state):
     centres_KxD, min_d_N = state
     total = jnp.sum(min_d_N)
-    p_N = jnp.where(total > 0, min_d_N / jnp.where(total > 0, total, 1.0), 1.0 / n)
-    idx = jax.random.choice(keys[i], n, p=p_N)
+    # Inverse-CDF sampling; uniform over the points when all distances are zero.
+    cdf_N = jnp.where(total > 0, jnp.cumsum(min_d_N) / jnp.where(total > 0, total, 1.0),
+                      jnp.arange(1, n + 1, dtype=x_NxD.dtype) / n)
+    idx = jnp.minimum(jnp.searchsorted(cdf_N, u_K[i], side="right"), n - 1)
     centre = x_NxD[idx]
     min_d_N = jnp.minimum(min_d_N, jnp.sum((x_NxD - centre) ** 2, -1))
     return centres_KxD.at[i].set(centre), min_d_N
@@ -56,7 +61,7 @@ def kmeans(x_NxD: jax.Array, k: int, key: jax.Array, iters: int = 50) -> jax.Arr
   centres_KxD = kmeans_plus_plus(x_NxD, k, key)
 
   def lloyd(_, centres_KxD):
-    assign_N = jnp.argmin(_sq_dist(x_NxD, centres_KxD), -1)
+    assign_N = quantizer.argmin_rows(_sq_dist(x_NxD, centres_KxD))
     onehot_NxK = jax.nn.one_hot(assign_N, k, dtype=x_NxD.dtype)
     counts_K = jnp.sum(onehot_NxK, 0)
     sums_KxD = onehot_NxK.T @ x_NxD

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 VARIANTS = ("joint", "semantic", "collaborative")
 KINDS = ("semantic", "collaborative")
@@ -105,6 +106,20 @@ def squared_distances(r_BxD: jax.Array, e_KxD: jax.Array) -> jax.Array:
   )
 
 
+def argmin_rows(d_BxK: jax.Array) -> jax.Array:
+  """Index of each row's smallest entry (the first on ties), as int32 [B].
+
+  Equal to `jnp.argmin(d_BxK, axis=-1)`, written as a min and a masked min of the
+  column index: XLA's CPU backend runs the variadic (value, index) reduction of
+  `argmin` about 6x slower than these two plain reductions. A row holding NaN gets
+  index K - 1.
+  """
+  k = d_BxK.shape[-1]
+  min_Bx1 = jnp.min(d_BxK, axis=-1, keepdims=True)
+  idx_B = jnp.min(jnp.where(d_BxK == min_Bx1, jnp.arange(k, dtype=jnp.int32), k), axis=-1)
+  return jnp.minimum(idx_B, k - 1)
+
+
 def rescale_to_unit(d_BxK: jax.Array) -> jax.Array:
   """Maps a distance matrix affinely onto [-1, 1] (min -> -1, max -> 1)."""
   lo, hi = jnp.min(d_BxK), jnp.max(d_BxK)
@@ -112,36 +127,65 @@ def rescale_to_unit(d_BxK: jax.Array) -> jax.Array:
   return (d_BxK - mid) / (hi - mid + 1e-5)
 
 
-def sinkhorn_log(d_BxK: jax.Array, epsilon: float, iters: int) -> jax.Array:
+def sinkhorn_log(
+    d_BxK: jax.Array, epsilon: float, iters: int, absorb_at: float = 30.0
+) -> jax.Array:
   """Log of the entropic optimal-transport plan between a batch and the codes.
 
-  Marginals are uniform: every row (item) carries mass 1/B and every column (code)
-  1/K. Works in the log domain, so `exp(-d / epsilon)` never has to be formed.
+  The plan starts as `exp(-d / epsilon)` normalised to sum 1; each iteration scales
+  its rows to mass 1/B, then its columns to mass 1/K (the authors' algorithm, which
+  they run in float64). At epsilon = 0.003 on costs in [-1, 1] that kernel spans
+  e^±333, far outside float32, so the first iteration runs in the log domain; it leaves
+  every row and column with mass at least 1/(BK), so `P = exp(log_P)` is representable
+  where it matters. The other iterations only rescale: row and column scalings u, v
+  (two matrix-vector products per iteration, no exp), folded back into log_P
+  ("absorbed") whenever one of them leaves [e^-absorb_at, e^absorb_at]. The iterates
+  equal the log-domain ones up to float32 rounding; entries under float32's smallest
+  value count as 0.
 
   Args:
     d_BxK: costs, typically distances rescaled to [-1, 1].
     epsilon: entropy weight.
     iters: Sinkhorn iterations (each normalises rows, then columns).
+    absorb_at: largest |log| of a scaling before it is absorbed.
 
   Returns:
-    log_P_BxK with P summing to 1; columns sum exactly to 1/K, rows approximately
-    to 1/B.
+    log_P_BxK with P summing to 1; columns sum to 1/K, rows approximately to 1/B.
   """
   b, k = d_BxK.shape
-  log_p = -d_BxK.astype(jnp.float32) / epsilon
-  log_p = log_p - jax.nn.logsumexp(log_p)
+  lse = jax.nn.logsumexp
+  log_p = -d_BxK.astype(jnp.float32) / epsilon  # Normalising it to sum 1 first would
+  log_p = log_p - lse(log_p, axis=1, keepdims=True) - jnp.log(b)  # change nothing here.
+  log_p = log_p - lse(log_p, axis=0, keepdims=True) - jnp.log(k)
+  ones_b, ones_k = jnp.ones((b,), jnp.float32), jnp.ones((k,), jnp.float32)
 
-  def body(_, log_p):
-    log_p = log_p - jax.nn.logsumexp(log_p, axis=1, keepdims=True) - jnp.log(b)
-    return log_p - jax.nn.logsumexp(log_p, axis=0, keepdims=True) - jnp.log(k)
+  def scale_until_far(state):
+    # Scaling iterations on a fixed P until done or a scaling leaves the safe range;
+    # then the scalings are absorbed into log_P. (Loops rather than a `cond` per
+    # iteration, which would copy P and log_P each time.)
+    log_p, done = state
+    p_BxK = jnp.exp(log_p)
 
-  return jax.lax.fori_loop(0, iters, body, log_p)
+    def body(inner):
+      _, v_K, i, _ = inner
+      u_B = (1.0 / b) / (p_BxK @ v_K)
+      v_K = (1.0 / k) / (u_B @ p_BxK)
+      far = jnp.maximum(jnp.max(jnp.abs(jnp.log(u_B))), jnp.max(jnp.abs(jnp.log(v_K))))
+      return u_B, v_K, i + 1, far > absorb_at
+
+    u_B, v_K, done, _ = jax.lax.while_loop(
+        lambda inner: (inner[2] < iters - 1) & ~inner[3], body, (ones_b, ones_k, done, False)
+    )
+    return log_p + jnp.log(u_B)[:, None] + jnp.log(v_K)[None, :], done
+
+  log_p, _ = jax.lax.while_loop(lambda st: st[1] < iters - 1, scale_until_far, (log_p, 0))
+  return log_p
 
 
 def sinkhorn_codes(d_BxK: jax.Array, epsilon: float, iters: int) -> jax.Array:
   """Balanced code assignment: argmax of the Sinkhorn plan over rescaled distances."""
   d_BxK = jax.lax.stop_gradient(rescale_to_unit(d_BxK))
-  return jnp.argmax(sinkhorn_log(d_BxK, epsilon, iters), axis=-1).astype(jnp.int32)
+  return argmin_rows(-sinkhorn_log(d_BxK, epsilon, iters))
 
 
 def straight_through(r_BxD: jax.Array, e_BxD: jax.Array) -> jax.Array:
@@ -182,7 +226,7 @@ def quantize_level(
   if balanced and sinkhorn_epsilon > 0:
     codes_B = sinkhorn_codes(d_BxK, sinkhorn_epsilon, sinkhorn_iters)
   else:
-    codes_B = jnp.argmin(d_BxK, axis=-1).astype(jnp.int32)
+    codes_B = argmin_rows(d_BxK)
   e_BxD = jnp.take(codebook_KxD, codes_B, axis=0)
   sg = jax.lax.stop_gradient
   loss = jnp.mean((e_BxD - sg(r_BxD)) ** 2) + commitment * jnp.mean((sg(e_BxD) - r_BxD) ** 2)
@@ -237,6 +281,39 @@ def residual_walk(
 # -------------------------------------------------------------------------- modules
 
 
+# Xavier (Glorot) normal as PyTorch's `xavier_normal_`: untruncated, std sqrt(2 / (fan_in
+# + fan_out)). (flax's `xavier_normal` draws from a truncated normal.)
+xavier_normal = nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
+
+
+def init_from_one_draw(abstract_params: Any, key: jax.Array) -> Any:
+  """Parameters of `RQVAE` shapes: Xavier-normal kernels, zero biases and codebooks.
+
+  The same distribution as `RQVAE.init` (whose codebooks k-means replaces anyway), but
+  every kernel is cut from one normal draw: one random-bits program to compile instead
+  of one per kernel shape, which dominates the start-up time on CPU.
+
+  Args:
+    abstract_params: the parameter tree (arrays or shape/dtype structs), e.g. from
+      `jax.eval_shape(model.init, ...)["params"]`.
+    key: PRNG key.
+  """
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_params)
+  is_kernel = [getattr(path[-1], "key", None) == "kernel" for path, _ in leaves]
+  sizes = [int(np.prod(x.shape)) if k else 0 for (_, x), k in zip(leaves, is_kernel)]
+  z = jax.random.normal(key, (max(sum(sizes), 1),), jnp.float32)
+  out, offset = [], 0
+  for (_, x), kernel, size in zip(leaves, is_kernel, sizes):
+    if kernel:
+      fan_in, fan_out = x.shape[-2], x.shape[-1]
+      std = np.sqrt(2.0 / (fan_in + fan_out))
+      out.append((z[offset:offset + size].reshape(x.shape) * std).astype(x.dtype))
+      offset += size
+    else:
+      out.append(jnp.zeros(x.shape, x.dtype))
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
 class MLP(nn.Module):
   """Dense layers with ReLU between them (none after the last), Xavier-normal, zero bias."""
 
@@ -247,7 +324,7 @@ class MLP(nn.Module):
     for i, width in enumerate(self.features):
       x_BxD = nn.Dense(
           width,
-          kernel_init=nn.initializers.xavier_normal(),
+          kernel_init=xavier_normal,
           bias_init=nn.initializers.zeros,
           name=f"dense_{i}",
       )(x_BxD)

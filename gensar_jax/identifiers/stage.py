@@ -2,13 +2,15 @@
 
 Reads `<workdir>/embed/{semantic,collaborative,item_ids}.npy`; writes
 `identifiers.npz` (see `table.py`), `params.npz` (the kept quantizer parameters) and a
-summary with the collision rates before and after resolution, the best epoch, losses,
-timings and the collision curve.
+summary with the collision rates before and after resolution, the distinct codes used
+at each level (before and after resolution), the best epoch, losses, timings and the
+collision curve.
 """
 
 from __future__ import annotations
 
 import pathlib
+import time
 
 from absl import logging
 import jax
@@ -83,10 +85,12 @@ def run(config, ctx: pipeline.StageContext) -> dict:
                plan.all_levels)
 
   result = train_lib.train(q, model, inputs, seed=config.seed * 1000 + _SEED_SALT)
+  t0 = time.perf_counter()
   try:
     ids, stats = build.build_identifiers(model, result.params, inputs, item_ids)
   except resolve.PrefixFullError as e:
     raise pipeline.PipelineError(f"identifiers: {e}") from None
+  build_s = time.perf_counter() - t0
   table.save(ctx.dir, ids)
   build.save_params(ctx.dir, result.params)
 
@@ -99,9 +103,11 @@ def run(config, ctx: pipeline.StageContext) -> dict:
                       for k, t in (("semantic", "search"), ("collaborative", "recommendation"))},
       "codebook_size": int(q.codebook_size),
       "num_params": int(sum(np.size(x) for x in jax.tree.leaves(result.params))),
-      "collision_before": {k: s["collision_before"] for k, s in stats.items()},
-      "collision_after": {k: s["collision_after"] for k, s in stats.items()},
-      "moved_by_resolution": {k: s["moved"] for k, s in stats.items()},
+      "collision_before": stats["collision_before"],
+      "collision_after": stats["collision_after"],
+      "moved_by_resolution": stats["moved"],
+      "code_usage_before": stats["code_usage_before"],
+      "code_usage_after": stats["code_usage_after"],
       "best_epoch": result.best_epoch,
       "best_collision_at_eval": result.best_collision,
       "final_losses": {m: final.get(m) for m in train_lib.METRICS},
@@ -109,9 +115,11 @@ def run(config, ctx: pipeline.StageContext) -> dict:
       "steps_per_epoch": result.steps_per_epoch,
       "steps": result.steps,
       "steps_per_s": round(result.steps_per_s, 3),
+      "init_s": round(result.init_s, 2),
       "compile_s": round(result.compile_s, 2),
       "train_s": round(result.train_s, 2),
       "eval_s": round(result.eval_s, 2),
+      "build_s": round(build_s, 2),
       "curve": result.curve,
   }
   logging.info("identifiers: collisions before %s, after %s, best epoch %d",

@@ -1,9 +1,10 @@
 """Training of the residual quantizer (DESIGN §3): k-means init, jitted epochs, best-by-collision.
 
 Whole epochs run inside one jitted `lax.scan` over device-resident data: each epoch
-draws a permutation of the items on device (`fold_in(shuffle_key, epoch)`), cuts it
-into `N // batch_size` batches (the remainder is dropped for that epoch; the next
-permutation differs) and scans the optimizer step over them. Python only regains
+draws a permutation of the items on device (`fold_in(shuffle_key, epoch)`), scans the
+optimizer step over its full batches and takes one more step on the short rest, so
+every item is seen exactly once per epoch (the rest's step is compiled separately,
+its shape being static too). Python only regains
 control every `eval_every_epochs` epochs, to measure the collision rates and keep the
 parameters with the lowest mean collision rate over the identifier kinds (ties go to
 the later evaluation).
@@ -12,6 +13,7 @@ the later evaluation).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Mapping
 from typing import Any, Callable
@@ -54,15 +56,18 @@ def build_model(cfg, dims: Mapping[str, int]) -> quantizer.RQVAE:
 def init_params(
     model: quantizer.RQVAE, batch: Mapping[str, jax.Array], key: jax.Array, kmeans_iters: int
 ) -> Params:
-  """Random MLP weights, then every codebook set by k-means on its level's residuals.
+  """Xavier-normal MLP weights, then every codebook set by k-means on its level's residuals.
 
   The levels are visited in residual order: each level's codebook is fitted on the
   residuals the already-initialised levels before it leave of `batch`.
   """
   mlp_key, km_key = jax.random.split(key)
-  params = dict(model.init(mlp_key, batch, train=False)["params"])
-  r0 = model.apply({"params": params}, batch, method=quantizer.RQVAE.encode)
+  abstract = jax.eval_shape(lambda k, x: model.init(k, x, train=False), mlp_key, batch)
+  params = dict(jax.jit(quantizer.init_from_one_draw)(abstract["params"], mlp_key))
+  r0 = jax.jit(lambda p, x: model.apply({"params": p}, x, method=quantizer.RQVAE.encode))(
+      params, batch)
   names = model.plan.all_levels
+  nearest = jax.jit(functools.partial(quantizer.quantize_level, commitment=model.commitment))
 
   def level_fn(name, r, balanced):
     del balanced
@@ -70,7 +75,7 @@ def init_params(
         r, model.codebook_size, jax.random.fold_in(km_key, names.index(name)), kmeans_iters
     )
     params[f"codebook_{name}"] = centres
-    return quantizer.quantize_level(r, centres, model.commitment)
+    return nearest(r, centres)
 
   quantizer.residual_walk(model.plan, r0, level_fn, balanced=False)
   return params
@@ -108,35 +113,59 @@ def make_train_step(model: quantizer.RQVAE, tx: optax.GradientTransformation) ->
     (loss, (recon, rq)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    return (params, opt_state), jnp.stack([loss, recon, rq, optax.global_norm(grads)])
+    return (params, opt_state), jnp.stack([loss, recon, rq, optax.tree.norm(grads)])
 
   return train_step
 
 
+def num_epoch_steps(num_items: int, batch_size: int) -> int:
+  """Optimizer steps per epoch: `ceil(num_items / batch_size)` (the last batch may be short)."""
+  return -(-num_items // batch_size)
+
+
+def epoch_batches(perm_N: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
+  """Cuts one epoch's permutation into full batches and the short rest.
+
+  Returns:
+    (idx_SxB, idx_R): S = N // batch_size full batches, then the R = N mod batch_size
+    remaining items (R may be 0).
+  """
+  full = perm_N.shape[0] // batch_size
+  return perm_N[: full * batch_size].reshape(full, batch_size), perm_N[full * batch_size:]
+
+
 def make_epoch_runner(
-    model: quantizer.RQVAE, tx: optax.GradientTransformation, batch_size: int, steps_per_epoch: int
+    model: quantizer.RQVAE, tx: optax.GradientTransformation, batch_size: int
 ) -> Callable:
   """A jitted function running whole epochs on device.
+
+  Every epoch visits each item exactly once: a scan of the optimizer step over the
+  full batches of a fresh permutation, then one step on the short last batch when N
+  is not a multiple of `batch_size` (as a data loader that keeps its last batch).
 
   Returns:
     run(state, data, shuffle_key, epochs_E) -> (state, metrics_Ex4): `data` maps kind
     to the full [N, d] array; `epochs_E` are the epoch numbers to run (their count
-    fixes the compiled program). `state` is donated.
+    fixes the compiled program); the metrics are each epoch's means over its steps.
+    `state` is donated.
   """
   train_step = make_train_step(model, tx)
 
   def run(state, data, shuffle_key, epochs_E):
     n = next(iter(data.values())).shape[0]
 
+    def step_body(state, idx_B):
+      return train_step(state, {k: jnp.take(v, idx_B, axis=0) for k, v in data.items()})
+
     def epoch_body(state, epoch):
       perm_N = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n)
-      idx_SxB = perm_N[: steps_per_epoch * batch_size].reshape(steps_per_epoch, batch_size)
-
-      def step_body(state, idx_B):
-        batch = {k: jnp.take(v, idx_B, axis=0) for k, v in data.items()}
-        return train_step(state, batch)
-
-      state, metrics_Sx4 = jax.lax.scan(step_body, state, idx_SxB)
+      idx_SxB, idx_R = epoch_batches(perm_N, batch_size)
+      metrics_Sx4 = jnp.zeros((0, len(METRICS)), jnp.float32)
+      if idx_SxB.shape[0]:
+        state, metrics_Sx4 = jax.lax.scan(step_body, state, idx_SxB)
+      if idx_R.shape[0]:
+        state, metrics_4 = step_body(state, idx_R)
+        metrics_Sx4 = jnp.concatenate([metrics_Sx4, metrics_4[None]])
       return state, jnp.mean(metrics_Sx4, axis=0)
 
     return jax.lax.scan(epoch_body, state, epochs_E)
@@ -197,10 +226,14 @@ class TrainResult:
   params: Params  # best parameters (host numpy), by lowest mean collision rate
   best_epoch: int
   best_collision: dict[str, float]
-  curve: list[dict[str, float]]  # one entry per evaluation (epoch 0 = after k-means init)
+  # One entry per evaluation: collision rates, distinct codes per level (`usage_M1`...)
+  # and the last epoch's mean losses. Epoch 0 (k-means codebooks on the untrained
+  # encoders) is recorded for reference but never kept: only trained parameters compete.
+  curve: list[dict[str, float]]
   batch_size: int
   steps_per_epoch: int
   steps: int
+  init_s: float  # MLP init and k-means codebooks, compiles included
   compile_s: float
   train_s: float
   eval_s: float
@@ -227,18 +260,20 @@ def train(
   data = {k: jnp.asarray(inputs[k], jnp.float32) for k in model.kinds()}
   n = next(iter(data.values())).shape[0]
   batch_size = min(int(cfg.batch_size), n)
-  steps_per_epoch = n // batch_size
+  steps_per_epoch = num_epoch_steps(n, batch_size)
   epochs = int(cfg.epochs)
   eval_every = max(1, int(cfg.eval_every_epochs))
   init_key, shuffle_key = jax.random.split(jax.random.key(seed))
 
+  t0 = time.perf_counter()
   first_idx = jax.random.permutation(jax.random.fold_in(shuffle_key, 0), n)[:batch_size]
   params = init_params(
-      model, {k: v[first_idx] for k, v in data.items()}, init_key, int(cfg.get("kmeans_iters", 50))
+      model, {k: v[first_idx] for k, v in data.items()}, init_key, int(cfg.kmeans_iters)
   )
+  init_s = time.perf_counter() - t0
   tx = make_optimizer(cfg, steps_per_epoch)
   state = (params, tx.init(params))
-  runner = make_epoch_runner(model, tx, batch_size, steps_per_epoch)
+  runner = make_epoch_runner(model, tx, batch_size)
   assign = make_assigner(model)
 
   compile_s = train_s = eval_s = 0.0
@@ -251,6 +286,7 @@ def train(
     eval_s += time.perf_counter() - t0
     rates = collision_rates(model.plan, level_codes)
     entry = {"epoch": epoch, **{f"collision_{k}": v for k, v in rates.items()}}
+    entry.update({f"usage_{name}": int(len(np.unique(c))) for name, c in level_codes.items()})
     entry.update({m: float(v) for m, v in zip(METRICS, metrics)} if metrics is not None else {})
     return entry
 
@@ -290,6 +326,7 @@ def train(
       batch_size=batch_size,
       steps_per_epoch=steps_per_epoch,
       steps=steps_per_epoch * epochs,
+      init_s=init_s,
       compile_s=compile_s,
       train_s=train_s,
       eval_s=eval_s,
