@@ -72,6 +72,36 @@ def test_filter_logits_keeps_the_top_k_and_the_nucleus():
   assert kept(generate.filter_logits(logits, 3, 0.7)) == [True, True, False, False]
 
 
+def _reference_filter(row, top_k, top_p):
+  """Sort-based top-k then nucleus on one row of logits (numpy)."""
+  row = row.copy()
+  if 0 < top_k < len(row):
+    row[row < np.sort(row)[::-1][top_k - 1]] = -np.inf
+  if top_p < 1.0:
+    s = np.sort(row)[::-1]
+    probs = np.exp(s - s[0]) / np.exp(s - s[0]).sum()
+    before = np.cumsum(probs) - probs
+    row[row < s[before < top_p].min()] = -np.inf
+  return row
+
+
+@pytest.mark.parametrize("top_k", [1, 3, 10, 64, 65, 0])
+@pytest.mark.parametrize("top_p", [1.0, 0.9, 0.5, 0.05])
+def test_filter_logits_matches_a_sorting_reference_with_ties(top_k, top_p):
+  rng = np.random.default_rng(top_k)
+  # Few distinct values, so ties straddle the k-th place and the nucleus edge; -inf
+  # entries (masked tokens) and a row with fewer finite logits than k.
+  logits = rng.integers(0, 6, size=(6, 300)).astype(np.float32) * 0.7
+  logits[:, :5] = -np.inf
+  logits[1, 2:] = -np.inf
+  logits[1, 2:7] = [1.0, 1.0, 2.0, 0.5, 1.0]
+  logits[2] = rng.normal(size=300)
+  got = np.asarray(jax.jit(generate.filter_logits, static_argnums=(1, 2))(
+      jnp.asarray(logits), top_k, top_p))
+  for row, want in zip(got, logits):
+    np.testing.assert_array_equal(row, _reference_filter(want, top_k, top_p))
+
+
 @pytest.mark.parametrize("beam,max_len", [(3, 4), (5, 3)])
 def test_beam_matches_a_plain_loop_reference(beam, max_len):
   toks, scores = _run("beam", num=beam, max_len=max_len)

@@ -23,16 +23,62 @@ import jax.numpy as jnp
 METHODS = ("sample", "beam")
 
 
+_FAST_TOP_K = 64  # Up to this k, top-k (and top-p within it) avoid sorting the vocabulary.
+
+
+def _distinct_top(logits_xV: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+  """The k largest distinct values, descending, and how many logits equal each.
+
+  k passes of max-and-remove, O(k V) without a sort (sorting the vocabulary at every
+  decoder step dominates generation on CPU). Past the distinct values there are, the
+  values are -inf.
+
+  Returns:
+    values_xK, counts_xK.
+  """
+  def take(rest_xV, _):
+    top_x1 = jnp.max(rest_xV, axis=-1, keepdims=True)
+    hit_xV = rest_xV == top_x1
+    count_x = jnp.sum(hit_xV, axis=-1).astype(jnp.float32)
+    return jnp.where(hit_xV, -jnp.inf, rest_xV), (top_x1[..., 0], count_x)
+
+  _, (values_Kx, counts_Kx) = jax.lax.scan(take, logits_xV, None, length=k)
+  return jnp.moveaxis(values_Kx, 0, -1), jnp.moveaxis(counts_Kx, 0, -1)
+
+
+def _filter_small_k(logits_xV: jax.Array, top_k: int, top_p: float) -> jax.Array:
+  """`filter_logits` for 0 < top_k <= _FAST_TOP_K, from the k largest distinct values."""
+  values_xK, counts_xK = _distinct_top(logits_xV, top_k)
+  finite_xK = jnp.isfinite(values_xK)
+  seen_xK = jnp.cumsum(counts_xK, axis=-1)
+  # The k-th largest logit (ties counted); all logits equal to it stay.
+  reach_xK = (seen_xK - counts_xK < top_k) & finite_xK
+  cutoff_x1 = jnp.min(jnp.where(reach_xK, values_xK, jnp.inf), axis=-1, keepdims=True)
+  if top_p < 1.0:
+    # Nucleus over the renormalised top-k set: keep a value while the probability of
+    # strictly better tokens is below top_p.
+    w_xK = jnp.where(reach_xK, counts_xK * jnp.exp(values_xK - values_xK[..., :1]), 0.0)
+    probs_xK = w_xK / jnp.sum(w_xK, axis=-1, keepdims=True)
+    before_xK = jnp.cumsum(probs_xK, axis=-1) - probs_xK
+    keep_xK = reach_xK & (before_xK < top_p)
+    cutoff_x1 = jnp.min(jnp.where(keep_xK, values_xK, jnp.inf), axis=-1, keepdims=True)
+  return jnp.where(logits_xV < cutoff_x1, -jnp.inf, logits_xV)
+
+
 def filter_logits(logits_xV: jax.Array, top_k: int, top_p: float) -> jax.Array:
   """Sets every logit outside the top-k / nucleus (top-p) set to -inf.
 
   Args:
     logits_xV: logits over the vocabulary (any leading axes).
-    top_k: keep this many most likely tokens (0 = no limit).
-    top_p: keep the smallest most-likely set with total probability >= top_p
-      (1.0 = no limit). The most likely token is always kept.
+    top_k: keep this many most likely tokens (0 = no limit); tokens tied with the k-th
+      are kept too.
+    top_p: then keep the smallest most-likely set with total probability >= top_p
+      (1.0 = no limit), the probability renormalised over what top-k kept. The most
+      likely token is always kept, and tokens tied with the last kept one too.
   """
   v = logits_xV.shape[-1]
+  if 0 < top_k < v and top_k <= _FAST_TOP_K:
+    return _filter_small_k(logits_xV, top_k, top_p)
   if 0 < top_k < v:
     kth = jax.lax.top_k(logits_xV, top_k)[0][..., -1:]
     logits_xV = jnp.where(logits_xV < kth, -jnp.inf, logits_xV)

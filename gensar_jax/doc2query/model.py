@@ -9,7 +9,9 @@ top-p sampling or beam search (`gensar_jax.decoding.generate`), jitted and batch
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Mapping, Sequence
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -37,14 +39,19 @@ def training_pairs(catalog: schema.Catalog, search_train_rows: Mapping[str, np.n
                     np.asarray(search_train_rows["query"], np.int64)], axis=1)
   pairs = pairs[pairs[:, 1] >= 0]
   pairs = np.unique(pairs, axis=0) if len(pairs) else np.zeros((0, 2), np.int64)
-  has_text = np.array([bool(catalog.item_text(int(i))) for i in pairs[:, 0]], bool)
+  has_text = np.array([bool(catalog.item_text(int(i)).strip()) for i in pairs[:, 0]], bool)
   pairs = pairs[has_text] if len(pairs) else pairs
   return pairs[:, 0], pairs[:, 1]
 
 
+@functools.lru_cache(maxsize=8)
 def make_generate_fn(model, *, method: str, num: int, max_len: int, top_k: int, top_p: float,
                      temperature: float):
-  """A jitted `fn(params, src_BxS, rng) -> (tokens [B, num, max_len], scores [B, num])`."""
+  """A jitted `fn(params, src_BxS, rng) -> (tokens [B, num, max_len], scores [B, num])`.
+
+  Cached on its arguments (a `T5` compares by its config), so generating again with the
+  same model size and settings reuses the compiled function; parameters are arguments.
+  """
 
   @jax.jit
   def fn(params, src_BxS, rng):
@@ -71,7 +78,8 @@ def generate_queries(model, params, tokenizer, texts: Sequence[str], *, cfg, see
     cfg: `config.doc2query` (num_queries, method, top_k, top_p, temperature,
       beam_size, max_text_len, max_query_len, generate_batch_size).
     seed: the sampling seed; batch b uses `fold_in(key(seed), b)`, so results do not
-      depend on anything but the seed, the texts and the batch size.
+      depend on anything but the seed, the texts and the batch size. Every batch is
+      padded to the same length (the bucket of the longest text): one compile.
 
   Returns:
     Per text up to `num_queries` distinct non-empty query strings, best (beam) or
@@ -86,13 +94,14 @@ def generate_queries(model, params, tokenizer, texts: Sequence[str], *, cfg, see
   out: list[list[str]] = [[] for _ in texts]
   b = int(cfg.generate_batch_size)
   src = tokenizer.encode_batch([texts[i] for i in todo], int(cfg.max_text_len))
+  # One batch shape for every batch, so one compile (padding is masked out).
+  length = batches_lib.bucket_length(max((len(x) for x in src), default=1),
+                                     batches_lib.SOURCE_BUCKETS)
   key = jax.random.key(int(seed))
   for n, lo in enumerate(tqdm.tqdm(range(0, len(todo), b), desc="doc2query generate",
                                    disable=not progress, leave=False)):
     idx = list(range(lo, min(lo + b, len(todo))))
-    rows = idx + [idx[-1]] * (b - len(idx))  # a fixed batch shape: one compile
-    length = batches_lib.bucket_length(max(len(src[r]) for r in rows),
-                                       batches_lib.SOURCE_BUCKETS)
+    rows = idx + [idx[-1]] * (b - len(idx))
     src_BxS = batches_lib.pad_stack([np.asarray(src[r], np.int32) for r in rows], length)
     toks, _ = fn(params, jnp.asarray(src_BxS), jax.random.fold_in(key, n))
     toks = np.asarray(toks)
@@ -106,19 +115,46 @@ def generate_queries(model, params, tokenizer, texts: Sequence[str], *, cfg, see
   return out
 
 
-def word_overlap_fraction(pseudo: Sequence[Sequence[str]], real: Sequence[Sequence[str]]
-                          ) -> float | None:
+def word_overlap_fraction(pseudo: Sequence[Sequence[str]], real: Sequence[Sequence[str]],
+                          ignore: frozenset[str] = frozenset()) -> float | None:
   """Fraction of items with real queries whose pseudo-queries share a word with them.
 
   Args:
     pseudo: per item, its generated queries.
     real: per item, its real query strings.
+    ignore: words that do not count as shared.
   """
   shared = total = 0
   for p, r in zip(pseudo, real):
     if not r:
       continue
     total += 1
-    real_words = {w for q in r for w in q.split()}
+    real_words = {w for q in r for w in q.split()} - ignore
     shared += any(w in real_words for q in p for w in q.split())
   return shared / total if total else None
+
+
+def common_words(queries: Sequence[str], max_frac: float) -> frozenset[str]:
+  """Words occurring in more than `max_frac` of the distinct query strings."""
+  distinct = set(queries)
+  counts = collections.Counter(w for q in distinct for w in set(q.split()))
+  return frozenset(w for w, n in counts.items() if n > max_frac * len(distinct))
+
+
+def match_stats(pseudo: Sequence[Sequence[str]], real: Sequence[Sequence[str]],
+                common: frozenset[str]) -> dict[str, float | None]:
+  """How well pseudo-queries match the real ones, over items with real queries.
+
+  Returns:
+    word_overlap: a pseudo-query shares a word with a real query.
+    rare_word_overlap: the same, not counting the `common` words (on Amazon every
+      category-path query holds "office" or "product", so plain overlap is near 1 for
+      any query of the catalog).
+    exact_match: a pseudo-query equals one of the item's real queries.
+  """
+  exact = [bool(set(p) & set(r)) for p, r in zip(pseudo, real) if r]
+  return {
+      "word_overlap": word_overlap_fraction(pseudo, real),
+      "rare_word_overlap": word_overlap_fraction(pseudo, real, common),
+      "exact_match": float(np.mean(exact)) if exact else None,
+  }

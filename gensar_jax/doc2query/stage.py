@@ -7,9 +7,11 @@ resumable trainer as the main model (checkpoints in `train/`), then generates
 
 Writes `pseudo_queries.json` = {"item_ids": [N], "queries": [N lists of str]} (items
 without text get an empty list and are counted in the summary) and a summary with
-counts, a few examples, and how often a pseudo-query shares a word with the item's
-real queries. With `config.doc2query.enabled = False` it writes nothing but a summary
-saying so, and the train stage leaves the ad-hoc search task out.
+counts, a few examples, and how well pseudo-queries match the item's real queries
+(`model.match_stats`: a shared word, a shared word other than the common ones, an
+exact match), beside the same figures for real queries of shuffled items. With
+`config.doc2query.enabled = False` it writes nothing but a summary saying so, and the
+train stage leaves the ad-hoc search task out.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ TOKENIZER_DIR = "tokenizer"
 TRAIN_DIR = "train"
 _SEED_SALT = 11  # Folded into config.seed for this stage's model and sampling.
 _EXAMPLES = 8  # Items shown in the summary.
+_COMMON_FRAC = 0.1  # Words in more than this fraction of the queries are "common".
 
 
 def validate(config) -> None:
@@ -49,7 +52,8 @@ def validate(config) -> None:
       (g.top_k >= 0 and 0 < g.top_p <= 1 and g.temperature > 0,
        "top_k must be >= 0, top_p in (0, 1] and temperature > 0"),
       (g.max_query_len >= 2 and g.max_text_len >= 2, "max_query_len and max_text_len must be >= 2"),
-      (g.generate_batch_size >= 1 and g.beam_size >= 1, "generate_batch_size and beam_size must be >= 1"),
+      (g.generate_batch_size >= 1 and g.beam_size >= 1,
+       "generate_batch_size and beam_size must be >= 1"),
       (g.train.batch_size % g.train.grad_accum_steps == 0,
        "train.batch_size must be a multiple of train.grad_accum_steps"),
   ]
@@ -99,8 +103,8 @@ def run(config, ctx: pipeline.StageContext) -> dict:
     tokenizer = tok_lib.Tokenizer.load(tok_dir)
   else:
     tokenizer = tok_lib.add_gensar_tokens(
-        tok_lib.train_backend([t for t in texts if t] + list(catalog.queries), g.vocab_size),
-        (), 0)
+        tok_lib.train_backend([t for t in texts if t.strip()] + list(catalog.queries),
+                              g.vocab_size), (), 0)
     if jax.process_index() == 0:
       tokenizer.save(tok_dir)
   t5_config = t5_lib.T5Config.from_config(g.model, tokenizer.vocab_size)
@@ -123,7 +127,10 @@ def run(config, ctx: pipeline.StageContext) -> dict:
     pipeline.write_json_atomic(ctx.dir / QUERIES_FILE, {
         "item_ids": [str(i) for i in catalog.item_ids], "queries": pseudo})
   real = [[catalog.queries[q] for q in qs] for qs in catalog.item_queries]
-  with_text = [i for i, t in enumerate(texts) if t]
+  common = d2q.common_words(catalog.queries, _COMMON_FRAC)
+  # Reference: every item given the real queries of another item (a fixed shuffle).
+  shuffled = [real[j] for j in np.random.default_rng(seed).permutation(len(real))]
+  with_text = [i for i, t in enumerate(texts) if t.strip()]
   shown = with_text[:: max(len(with_text) // _EXAMPLES, 1)][:_EXAMPLES]
   return {
       "enabled": True,
@@ -134,6 +141,9 @@ def run(config, ctx: pipeline.StageContext) -> dict:
       "distinct_pseudo_queries": len({q for p in pseudo for q in p}),
       "training_pairs": int(len(items)),
       "word_overlap_with_real_queries": d2q.word_overlap_fraction(pseudo, real),
+      "match_with_real_queries": d2q.match_stats(pseudo, real, common),
+      "match_if_shuffled": d2q.match_stats(shuffled, real, common),
+      "common_query_words": sorted(common),
       "train": result.summary(),
       "examples": [{"item": str(catalog.item_ids[i]), "title": catalog.titles[i],
                     "real": real[i], "pseudo": pseudo[i]} for i in shown],
