@@ -24,7 +24,7 @@ def tiny_config(**overrides):
   c.stages = STAGES
   c.data.demo_users, c.data.demo_items, c.data.num_negatives = 80, 60, 19
   c.embed.sasrec.update(epochs=2, hidden=16, batch_size=32)
-  c.identifiers.update(codebook_size=8, hidden_dims=(32,), latent_dim=16, epochs=10,
+  c.identifiers.update(codebook_size=8, hidden_dims=(32,), latent_dim=16, epochs=30,
                        warmup_epochs=2, batch_size=32, eval_every_epochs=5)
   tiny = dict(d_model=32, d_ff=64, num_encoder_layers=1, num_decoder_layers=1, num_heads=2,
               d_kv=16)

@@ -69,3 +69,16 @@ def test_a_prefix_with_more_items_than_codes_cannot_be_resolved():
   out, moved = resolve.resolve(codes[:3], np.zeros((3, 1)), np.arange(3.0)[:, None])
   np.testing.assert_array_equal(np.sort(out[:, 1]), [0, 1, 2])
   assert moved == 2
+
+
+def test_largest_prefix_group_predicts_whether_resolution_can_succeed():
+  codebook = np.eye(3)  # K = 3
+  codes = np.array([[1, 0, 0], [1, 0, 0], [1, 0, 2], [2, 0, 0]])
+  assert resolve.largest_prefix_group(codes) == 3  # prefix (1, 0) holds three items
+  out, _ = resolve.resolve(codes, np.zeros((4, 3)), codebook)
+  assert resolve.collision_rate(out) == 0.0
+  crowded = np.vstack([codes, [[1, 0, 1]]])  # four items under (1, 0) with K = 3
+  assert resolve.largest_prefix_group(crowded) == 4
+  with pytest.raises(resolve.PrefixFullError):
+    resolve.resolve(crowded, np.zeros((5, 3)), codebook)
+  assert resolve.largest_prefix_group(np.zeros((0, 2), np.int32)) == 0

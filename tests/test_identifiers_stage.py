@@ -78,12 +78,14 @@ def test_training_learns_and_returns_the_best_evaluated_parameters(trained):
   assert recon[-1] < 0.7 * recon[0]
   assert recon[-1] < 0.4 * variance
   # The kept parameters are those of the training evaluation (epoch 0, the untrained
-  # encoders, does not compete) with the lowest mean collision rate.
-  best = min(c["collision_mean"] for c in result.curve[1:])
+  # encoders, does not compete) with the lowest mean collision rate among those whose
+  # collisions can be resolved.
+  assert any(c["resolvable"] for c in result.curve[1:])
+  best = min(c["collision_mean"] for c in result.curve[1:] if c["resolvable"])
   assert result.best_epoch > 0
   assert result.best_collision["mean"] == best
   chosen = [c for c in result.curve if c["epoch"] == result.best_epoch][0]
-  assert chosen["collision_mean"] == best
+  assert chosen["collision_mean"] == best and chosen["resolvable"]
   data = {k: jnp.asarray(v) for k, v in inputs.items()}
   level_codes, _ = jax.device_get(train_lib.make_assigner(model)(result.params, data))
   rates = train_lib.collision_rates(model.plan, level_codes)
@@ -207,3 +209,10 @@ def test_stage_rejects_bad_settings_and_inputs(tmp_path):
   _embed_dir(tmp_path, inputs, np.arange(20).astype(str))
   with pytest.raises(pipeline.PipelineError, match="NaN"):
     stage.load_embeddings(tmp_path / "embed", ("semantic", "collaborative"))
+
+
+def test_selection_prefers_resolvable_parameters_over_fewer_collisions():
+  crowded = {"resolvable": False, "collision_mean": 0.0}
+  assert train_lib._rank({"resolvable": True, "collision_mean": 0.4}) > train_lib._rank(crowded)
+  assert (train_lib._rank({"resolvable": True, "collision_mean": 0.1})
+          > train_lib._rank({"resolvable": True, "collision_mean": 0.2}))

@@ -29,6 +29,15 @@ def collision_rate(codes_NxL: np.ndarray) -> float:
   return float(1.0 - len(np.unique(codes_NxL, axis=0)) / len(codes_NxL))
 
 
+def largest_prefix_group(codes_NxL: np.ndarray) -> int:
+  """Most items sharing one prefix (all codes but the last); resolution needs it <= K."""
+  codes_NxL = np.asarray(codes_NxL)
+  if len(codes_NxL) == 0:
+    return 0
+  _, counts = np.unique(codes_NxL[:, :-1], axis=0, return_counts=True)
+  return int(counts.max())
+
+
 def resolve(
     codes_NxL: np.ndarray, residual_NxD: np.ndarray, codebook_KxD: np.ndarray
 ) -> tuple[np.ndarray, int]:
