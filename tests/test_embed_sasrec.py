@@ -190,13 +190,6 @@ def test_evaluation_ranks_the_target_against_its_candidates_and_the_catalog(plan
   assert [len(h) for h in histories] == [len(s) for s in catalog.rec_train_sequences]
 
 
-def test_full_ranks_break_ties_at_random_and_count_higher_scores():
-  scores = np.array([[0.1, 0.9, 0.5, 0.3], [1.0, 1.0, 1.0, 1.0]])
-  np.testing.assert_array_equal(sasrec.full_ranks(scores, np.array([2, 0]), seed=0)[:1], [2.0])
-  tied = [sasrec.full_ranks(scores[1:], np.array([0]), seed=s)[0] for s in range(50)]
-  assert set(tied) == {1.0, 2.0, 3.0, 4.0}
-
-
 def test_saved_model_loads_with_the_same_scores(planted, tmp_path):
   sasrec.save(planted["model"], tmp_path)
   back = sasrec.load(tmp_path)

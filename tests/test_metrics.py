@@ -28,3 +28,10 @@ def test_ranks_from_scores_breaks_ties_fairly():
   # A constant scorer is as good as random: NDCG@10 = sum_{r<=10} 1/log2(r+1) / 100.
   expected = sum(1 / np.log2(r + 1) for r in range(1, 11)) / 100
   np.testing.assert_allclose(metrics.metrics_from_ranks(ranks)["ndcg@10"], expected, atol=3e-3)
+
+
+def test_ranks_of_targets_count_higher_scores_and_break_ties_at_random():
+  scores = np.array([[0.1, 0.9, 0.5, 0.3], [1.0, 1.0, 1.0, 1.0]])
+  np.testing.assert_array_equal(metrics.ranks_of_targets(scores, np.array([2, 0]), seed=0)[:1], [2.0])
+  tied = [metrics.ranks_of_targets(scores[1:], np.array([0]), seed=s)[0] for s in range(50)]
+  assert set(tied) == {1.0, 2.0, 3.0, 4.0}

@@ -89,7 +89,7 @@ def _write(folder, cfg, tensors):
 
 
 # --------------------------------------------------------------- numpy T5 on HF names
-def _bucket(rel, bidirectional, nb, md):
+def bucket_reference(rel, bidirectional, nb, md):
   """T5's relative position bucket, one python int at a time (float64 log)."""
   out = 0
   if bidirectional:
@@ -106,7 +106,7 @@ def _bucket(rel, bidirectional, nb, md):
 
 def _position_bias(table, q_len, k_len, bidirectional):
   rel = np.arange(k_len)[None, :] - np.arange(q_len)[:, None]
-  b = np.vectorize(lambda r: _bucket(int(r), bidirectional, NB, MD))(rel)
+  b = np.vectorize(lambda r: bucket_reference(int(r), bidirectional, NB, MD))(rel)
   return np.transpose(table[b], (2, 0, 1))[None]  # [1, H, Q, K]
 
 

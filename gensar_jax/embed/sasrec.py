@@ -415,16 +415,6 @@ def row_histories(catalog: schema.Catalog, rows: Any, earlier_rows: Any = None
   return out, fallbacks
 
 
-def full_ranks(scores_BxN: np.ndarray, target_B: np.ndarray, seed: int = 0) -> np.ndarray:
-  """1-based rank of each target among all items (random tie-breaking)."""
-  scores_BxN = np.array(scores_BxN, copy=True)
-  b = np.arange(len(target_B))
-  first = scores_BxN[:, 0].copy()
-  scores_BxN[:, 0] = scores_BxN[b, target_B]
-  scores_BxN[b, target_B] = first
-  return metrics.ranks_from_scores(scores_BxN, positive=0, seed=seed)
-
-
 def evaluate(model: SasrecModel, catalog: schema.Catalog, rows: Any, earlier_rows: Any = None,
              seed: int = 0) -> dict[str, Any]:
   """SASRec's metrics on recommendation rows: 100-candidate lists and full catalog.
@@ -447,7 +437,7 @@ def evaluate(model: SasrecModel, catalog: schema.Catalog, rows: Any, earlier_row
   sampled = metrics.ranks_from_scores(np.take_along_axis(scores_BxN, candidates_BxC, axis=1), 0, seed)
   return {
       "sampled": metrics.metrics_from_ranks(sampled),
-      "full": metrics.metrics_from_ranks(full_ranks(scores_BxN, target_B, seed)),
+      "full": metrics.metrics_from_ranks(metrics.ranks_of_targets(scores_BxN, target_B, seed)),
       "history_fallbacks": int(fallbacks),
   }
 
