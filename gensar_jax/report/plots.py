@@ -38,8 +38,9 @@ def tradeoff(entries: Sequence[Mapping], path: pathlib.Path, protocol: str = "sa
       drawn = True
     elif srch is not None:
       ax.axhline(srch, ls="--", color="tab:purple", lw=1)
-      ax.annotate(e["method"], (0.02, srch), xycoords=("axes fraction", "data"), fontsize=8,
-                  color="tab:purple", va="bottom")
+      # Labelled at the right end: points of methods with both tasks sit near x = 0.
+      ax.annotate(e["method"], (0.9, srch), xycoords=("axes fraction", "data"), fontsize=8,
+                  color="tab:purple", va="bottom", ha="right")
       drawn = True
   ax.set_xlabel(f"recommendation {metric.upper()} ({protocol})")
   ax.set_ylabel(f"search {metric.upper()} ({protocol})")

@@ -97,7 +97,8 @@ class MetricLogger:
     with self.path.open("a") as f:
       f.write(json.dumps({"step": int(step), "kind": kind, **clean}, sort_keys=True) + "\n")
     for k, v in clean.items():
-      self.writer.add_scalar(f"{kind}/{k}", v, int(step))
+      # TensorBoard tag names allow no "@" (ndcg@5 -> ndcg_5); metrics.jsonl keeps "@".
+      self.writer.add_scalar(f"{kind}/{k}".replace("@", "_"), v, int(step))
     self.writer.flush()
     if echo:
       logging.info(
