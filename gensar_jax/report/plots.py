@@ -22,14 +22,21 @@ def tradeoff(entries: Sequence[Mapping], path: pathlib.Path, protocol: str = "sa
   fig, ax = plt.subplots(figsize=(6.4, 5.2))
   drawn = False
   colours = {"gensar": "tab:red", "ablation": "tab:blue", "baseline": "tab:gray"}
+  ablations = 0
   for e in entries:
     rec = e.get("recommendation", {}).get(protocol, {}).get(metric)
     srch = e.get("search", {}).get(protocol, {}).get(metric)
     if rec is not None and srch is not None:
       ax.scatter([rec], [srch], s=60 if e["kind"] == "gensar" else 30,
                  color=colours.get(e["kind"], "k"), zorder=3)
-      ax.annotate(e["method"], (rec, srch), textcoords="offset points", xytext=(5, 4),
-                  fontsize=8)
+      if e["kind"] == "ablation":  # Often close to GenSAR: labels stacked below, leader lines.
+        ablations += 1
+        ax.annotate(e["method"], (rec, srch), textcoords="offset points",
+                    xytext=(-5, -10 * ablations), ha="right", fontsize=8,
+                    arrowprops=dict(arrowstyle="-", lw=0.4, color="0.5"))
+      else:
+        ax.annotate(e["method"], (rec, srch), textcoords="offset points", xytext=(5, 4),
+                    fontsize=8)
       drawn = True
     elif rec is not None:
       ax.axvline(rec, ls="--", color="tab:green", lw=1)
