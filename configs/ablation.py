@@ -47,7 +47,7 @@ def apply(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
   if name == "no_behaviour_tokens":
     c.tasks.behaviour_tokens = False
   elif name.startswith("no_"):
-    c.tasks.counts[name[3:]] = 0
+    c.tasks.shares[name[3:]] = 0.0
     if name == "no_adhoc":
       c.doc2query.enabled = False
   elif name.startswith("only_"):

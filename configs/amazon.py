@@ -149,6 +149,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.relative_attention_max_distance = 128  # Largest distinguished relative distance.
   m.dropout_rate = 0.1  # Dropout during training.
   m.dtype = "float32"  # Activation dtype ("bfloat16" for bf16 training).
+  m.code_init = "random"  # Code-token embeddings: "random", or "codebook" (the quantizer's code vectors, projected).
 
   # ------------------------------------------------------------- tasks (DESIGN §4)
   c.tasks = k = ml_collections.ConfigDict()
@@ -158,10 +159,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   k.max_text_tokens = 256  # Token limit of item text.
   k.max_source_len = 512 if paper else 256  # Token limit of an encoder input.
   k.max_target_len = 64  # Token limit of a decoder target.
-  # Rows per epoch per task (-1 = every available row; 0 = task off). Paper's mixture.
-  k.counts = ml_collections.ConfigDict(
-      dict(nrip=-1, nsip=100_000, nsqp=1_000, adhoc=1_000, desc2id=2_000, id2desc=2_000)
-  )
+  # Examples per epoch per task, as a multiple of the NRIP training rows (capped at the rows
+  # a task can draw from; 0 = task off). The authors' Electronics mixture as proportions:
+  # every NRIP row (930k), 100k NSIP, 1k NSQP and ad-hoc, 2k Desc2ID and ID2Desc (DESIGN §4).
+  k.shares = ml_collections.ConfigDict(dict(
+      nrip=1.0, nsip=100 / 930, nsqp=1 / 930, adhoc=1 / 930, desc2id=2 / 930, id2desc=2 / 930))
 
   # ------------------------------------------------------------- train (DESIGN §5)
   c.train = r = ml_collections.ConfigDict()
@@ -170,7 +172,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   r.weight_decay = 1e-7  # AdamW weight decay.
   r.batch_size = 8192 if paper else 64  # Global examples per optimizer step.
   r.grad_accum_steps = 32 if paper else 1  # Micro-batches per optimizer step.
-  r.epochs = 200 if paper else 4  # Passes over the task mixture (cpu: ~35 min on Office, 2 cores).
+  r.epochs = 200.0 if paper else 4.0  # Passes over the task mixture (a fraction ends partway; sets the schedule).
   r.grad_clip = 1.0  # Global gradient-norm clip.
   r.log_every_steps = 50  # Console/TensorBoard logging interval.
   r.checkpoint_every_steps = 1000 if paper else 200  # Orbax save interval.
@@ -178,6 +180,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   r.eval_rows = 10_000 if paper else 500  # Validation rows per task (the last ones).
   r.max_to_keep = 2  # Periodic checkpoints kept (the best is kept besides).
   r.max_steps = 0  # Stop after this many optimizer steps (0 = run every epoch).
+  r.max_minutes = 0.0  # Wall-clock budget of the step loop; validate, save and stop when spent (0 = none).
 
   # --------------------------------------------------------------- mesh (DESIGN §5)
   c.mesh = h = ml_collections.ConfigDict()
@@ -186,10 +189,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- eval (DESIGN §6)
   c.eval = v = ml_collections.ConfigDict()
-  v.beam_size = 30  # Beam width of the constrained search.
+  v.beam_size = 30  # Beam width of the constrained search (also validation's, when it uses beams).
   v.batch_size = 32  # Examples per decoding batch.
-  v.score = "allowed"  # "allowed": softmax over allowed tokens; "full": over the vocabulary.
-  v.full_catalog = True  # Also rank against the whole catalog.
+  # "full": log-softmax over the whole vocabulary (the authors' way). "allowed": over the
+  # tokens the trie allows at each step; biased by trie shape (a level where a candidate's
+  # branch does not split costs nothing), kept for comparison only.
+  v.score = "full"
+  # How the 100 candidates are ranked (validation and test): "exact" scores every candidate's
+  # identifier by its log-likelihood; "beam" keeps what the constrained beam search returns.
+  v.rank = "exact"
+  v.compare = True  # Eval also ranks the 100 candidates the other way and reports beam/exact agreement.
+  v.full_catalog = True  # Also rank against the whole catalog (beam search).
+  v.exact_catalog = False  # Rank the whole catalog exactly instead (cost ~ rows x items).
   v.max_examples = 0  # Limit test rows per task (0 = all).
 
   # -------------------------------------------------------------------- report (§7)

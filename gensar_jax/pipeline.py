@@ -38,7 +38,8 @@ class Stage:
     name: directory name under the workdir and the name used in `config.stages`.
     module: module holding `run(config, ctx)` (and optionally `validate(config)`).
     inputs: stages whose outputs this one reads.
-    config_keys: top-level config sections that determine this stage's outputs.
+    config_keys: config sections (or single fields, "section.field") that determine
+      this stage's outputs.
     cached: whether a finished stage is skipped when its fingerprint is unchanged.
     all_hosts: in a multi-host run, whether every process runs it (sharded work:
       training, decoding); otherwise process 0 runs it and the others wait for it.
@@ -63,7 +64,9 @@ STAGES: tuple[Stage, ...] = (
         "train",
         "gensar_jax.train.stage",
         ("data", "identifiers", "doc2query"),
-        ("model", "tokenizer", "tasks", "train", "mesh"),
+        # The eval settings that choose the best checkpoint (validation ranks like eval).
+        ("model", "tokenizer", "tasks", "train", "mesh", "eval.beam_size", "eval.score",
+         "eval.rank"),
         all_hosts=True,
         optional=("doc2query",),
     ),
@@ -132,7 +135,10 @@ class StageContext:
 
 
 def _section(config: ml_collections.ConfigDict, key: str) -> Any:
-  value = config.get(key)
+  """A config section (`"train"`) or one field of one (`"eval.score"`), as plain data."""
+  value = config
+  for part in key.split("."):
+    value = value.get(part)
   if isinstance(value, ml_collections.ConfigDict):
     return value.to_dict()
   return value

@@ -3,7 +3,8 @@
 Items are written `<R_I>` + collaborative identifier in a recommendation context and
 `<S_I>` + semantic identifier in a search context; a query is `<S_Q>` + its words.
 A user's history is the row's merged entries, oldest first, joined with "; " (a search
-session is two entries: its query, then its item). With
+session is its query, then its item). Sources are `gensar_jax.prompts.Prompt`s: an
+over-long one loses its oldest history events first, never its query or behaviour token. With
 `tasks_config.behaviour_tokens = False` every behaviour token disappears (history,
 instructions and responses): the ablation.
 
@@ -11,7 +12,7 @@ The instructions of the behaviour tasks end with the behaviour token of what is 
 predicted (`<R_I>`, `<S_I>` or `<S_Q>`), exactly like the decoding prompts (`prompt`):
 the paper appends that token at inference to pick the task (its Fig. 3).
 
-Tasks (names used in `config.tasks.counts`):
+Tasks (names used in `config.tasks.shares`):
   nrip:    history -> `<R_I>` + collaborative id       (recommendation training rows)
   nsip:    history + current query -> `<S_I>` + semantic id   (search training rows)
   nsqp:    history -> `<S_Q>` + query words            (search training rows)
@@ -35,6 +36,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from gensar_jax import prompts as prompts_lib
 from gensar_jax import tokens
 from gensar_jax.data import schema
 from gensar_jax.identifiers import table as id_table
@@ -121,10 +123,11 @@ MAX_PHRASINGS = min(len(p) for p in PHRASINGS.values())
 
 @dataclasses.dataclass(frozen=True)
 class Example:
-  """One training example: the task it comes from, instruction and response text."""
+  """One training example: the task it comes from, instruction (a `Prompt`, encoded
+  with `gensar_jax.prompts.encode`) and response text."""
 
   task: str
-  source: str
+  source: prompts_lib.Prompt
   target: str
 
 
@@ -133,15 +136,15 @@ def _truncate_words(text: str, max_words: int) -> str:
   return " ".join(words[:max_words])
 
 
-def check_counts(counts: Mapping[str, int]) -> dict[str, int]:
-  """Every task's count from `config.tasks.counts` (absent = 0); raises on bad entries."""
-  unknown = sorted(set(counts) - set(TASK_NAMES))
+def check_shares(shares: Mapping[str, float]) -> dict[str, float]:
+  """Every task's share from `config.tasks.shares` (absent = 0); raises on bad entries."""
+  unknown = sorted(set(shares) - set(TASK_NAMES))
   if unknown:
-    raise ValueError(f"unknown task(s) {unknown} in tasks.counts; known: {list(TASK_NAMES)}")
-  out = {t: int(counts.get(t, 0)) for t in TASK_NAMES}
-  bad = {t: c for t, c in out.items() if c < -1}
+    raise ValueError(f"unknown task(s) {unknown} in tasks.shares; known: {list(TASK_NAMES)}")
+  out = {t: float(shares.get(t, 0.0)) for t in TASK_NAMES}
+  bad = {t: c for t, c in out.items() if not c >= 0.0}
   if bad:
-    raise ValueError(f"tasks.counts must be -1 (all), 0 (off) or a positive count: {bad}")
+    raise ValueError(f"tasks.shares must be >= 0 (0 = task off): {bad}")
   return out
 
 
@@ -152,7 +155,7 @@ class TaskBuilder:
     catalog: the data stage's items and queries.
     identifiers: both identifier tables, aligned with the catalog's items.
     tasks_config: the `config.tasks` section (behaviour_tokens, num_phrasings,
-      max_query_tokens, max_text_tokens, counts).
+      max_query_tokens, max_text_tokens, shares).
     pseudo_queries: optional, per item a list of doc2query query strings (enables
       the ad-hoc search task).
   """
@@ -181,7 +184,7 @@ class TaskBuilder:
       raise ValueError(f"tasks.num_phrasings must be in [1, {MAX_PHRASINGS}]")
     self.max_query_words = int(tasks_config.max_query_tokens)
     self.max_text_words = int(tasks_config.max_text_tokens)
-    self.counts = check_counts(dict(tasks_config.counts))
+    self.shares = check_shares(dict(tasks_config.shares))
     self.pseudo_queries = pseudo_queries
     sem, col = identifiers.semantic, identifiers.collaborative
     self._sem_id = [tokens.identifier_text(sem.level_names, c) for c in sem.codes]
@@ -212,8 +215,9 @@ class TaskBuilder:
     )
     return f"{tokens.SEARCH_QUERY} {words}" if self.behaviour_tokens else words
 
-  def history_text(self, events: Sequence[tuple]) -> str:
-    """History entries, oldest first, joined with "; ".
+  def history_entries(self, events: Sequence[tuple]) -> list[str]:
+    """History entries, oldest first: one per event (a search session is its query,
+    then its item, as one entry, so truncation drops whole sessions).
 
     Args:
       events: ("rec", item index) or ("search", query index or text, item index).
@@ -223,19 +227,18 @@ class TaskBuilder:
       if event[0] == "rec":
         parts.append(self.rec_item(int(event[1])))
       else:
-        parts.append(self.query(event[1]))
-        parts.append(self.search_item(int(event[2])))
-    return "; ".join(parts)
+        parts.append(f"{self.query(event[1])}; {self.search_item(int(event[2]))}")
+    return parts
 
-  def history(self, kind_H, item_H, query_H) -> str:
-    """A row's history entries, oldest first, joined with "; " (padding skipped)."""
+  def row_history(self, kind_H, item_H, query_H) -> list[str]:
+    """A row's history entries, oldest first (padding skipped)."""
     events = []
     for kind, item, q in zip(np.asarray(kind_H), np.asarray(item_H), np.asarray(query_H)):
       if kind == schema.KIND_REC:
         events.append(("rec", int(item)))
       elif kind == schema.KIND_SEARCH:
         events.append(("search", int(q), int(item)))
-    return self.history_text(events)
+    return self.history_entries(events)
 
   def target_text(self, task: str, item: int) -> str:
     """The response for an item of a task ("recommendation" / "search"): token + id."""
@@ -245,32 +248,42 @@ class TaskBuilder:
       return self.search_item(int(item))
     raise ValueError(f"unknown task {task!r}")
 
-  def eval_source(self, task: str, row: Mapping[str, np.ndarray]) -> str:
+  def eval_source(self, task: str, row: Mapping[str, np.ndarray]) -> prompts_lib.Prompt:
     """The decoding prompt of one validation/test row (DESIGN §6, paper Fig. 3).
 
     The first phrasing of NRIP (recommendation) or NSIP (search: history and the
     row's query) followed by the behaviour token that selects the task: `<R_I>` or
     `<S_I>` (nothing when behaviour tokens are off).
     """
-    hist = self.history(row["history_kind"], row["history_item"], row["history_query"])
+    hist = self.row_history(row["history_kind"], row["history_item"], row["history_query"])
     return self.prompt(task, hist, int(row["query"]) if task == "search" else None)
 
-  def prompt(self, task: str, history: str, query: int | str | None = None) -> str:
-    """A decoding prompt from history text (and, for search, the current query).
+  def prompt(self, task: str, history: Sequence[str],
+             query: int | str | None = None) -> prompts_lib.Prompt:
+    """A decoding prompt from history entries (and, for search, the current query).
 
     Args:
       task: "recommendation" or "search".
-      history: `history_text` / `history` output.
+      history: `history_entries` / `row_history` output, oldest first.
       query: the search query (index into the catalog's queries, or text).
     """
     if task == "recommendation":
-      return self.ask(PHRASINGS["nrip"][0].format(history=history), tokens.REC_ITEM)
+      return self._history_prompt("nrip", 0, history, tokens.REC_ITEM)
     if task == "search":
       if query is None:
         raise ValueError("a search prompt needs a query")
-      text = PHRASINGS["nsip"][0].format(history=history, query=self.query(query))
-      return self.ask(text, tokens.SEARCH_ITEM)
+      return self._history_prompt("nsip", 0, history, tokens.SEARCH_ITEM,
+                                  query=self.query(query))
     raise ValueError(f"unknown task {task!r}")
+
+  def _history_prompt(self, task: str, phrasing: int, history: Sequence[str], behaviour: str,
+                      **fields) -> prompts_lib.Prompt:
+    """Phrasing `phrasing` of a behaviour task around its history, ending with `behaviour`."""
+    return prompts_lib.Prompt.around(PHRASINGS[task][phrasing], "history", history,
+                                     suffix=self._suffix(behaviour), **fields)
+
+  def _suffix(self, behaviour: str) -> str:
+    return f" {behaviour}" if self.behaviour_tokens else ""
 
   def ask(self, instruction: str, behaviour: str) -> str:
     """An instruction ending with the behaviour token of what is to be predicted.
@@ -280,23 +293,27 @@ class TaskBuilder:
     way, so training and decoding prompts have one shape. Nothing is appended when
     behaviour tokens are off.
     """
-    return f"{instruction} {self._b(behaviour)}".rstrip()
+    return f"{instruction}{self._suffix(behaviour)}"
 
-  def eval_sources(self, task: str, rows: Mapping[str, np.ndarray]) -> list[str]:
+  def eval_sources(self, task: str, rows: Mapping[str, np.ndarray]) -> list[prompts_lib.Prompt]:
     """`eval_source` for every row of stacked rows (as `load_rows` returns them)."""
     n = len(rows["item"])
     return [self.eval_source(task, {k: v[r] for k, v in rows.items()}) for r in range(n)]
 
   # --------------------------------------------------------------------- the mixture
+  def _phrasing(self, rng: np.random.Generator) -> int:
+    return int(rng.integers(self.num_phrasings))
+
   def _phrase(self, task: str, rng: np.random.Generator, **fields) -> str:
-    return PHRASINGS[task][int(rng.integers(self.num_phrasings))].format(**fields)
+    return PHRASINGS[task][self._phrasing(rng)].format(**fields)
 
   @staticmethod
   def _pick(rng: np.random.Generator, n_available: int, count: int) -> np.ndarray:
-    """Indices of `count` rows (-1: all), sampled without replacement, sorted."""
-    if count == 0 or n_available == 0:
+    """Indices of `count` rows (all, in order, when count >= n_available), sampled
+    without replacement, sorted."""
+    if count <= 0 or n_available == 0:
       return np.zeros((0,), np.int64)
-    if count == -1 or count >= n_available:
+    if count >= n_available:
       return np.arange(n_available)
     return np.sort(rng.choice(n_available, size=count, replace=False))
 
@@ -315,11 +332,12 @@ class TaskBuilder:
     }
 
   def epoch_counts(self, train_rows) -> dict[str, int]:
-    """Examples per task in every epoch: min(count, available), -1 = available."""
+    """Examples per task in every epoch: share x NRIP training rows, capped at what
+    the task can draw from (the mixture is a proportion, so it carries across
+    categories of any size)."""
     avail = self.available(train_rows)
-    return {
-        t: (avail[t] if c == -1 else min(c, avail[t])) for t, c in self.counts.items()
-    }
+    return {t: min(avail[t], int(round(share * avail["nrip"])))
+            for t, share in self.shares.items()}
 
   def epoch_examples(
       self, train_rows: Mapping[str, Mapping[str, np.ndarray]], seed: int, epoch: int
@@ -332,36 +350,39 @@ class TaskBuilder:
       epoch: epoch number; rows, phrasings and identifier kinds are re-sampled per epoch.
 
     Returns:
-      `Example`s; a task's count is capped at what is available (rows sampled
-      without replacement).
+      `Example`s, `epoch_counts` of each task (rows sampled without replacement).
     """
     rng = np.random.default_rng([int(seed), int(epoch), 7919])
     out: list[Example] = []
     rec, srch = train_rows["recommendation"], train_rows["search"]
     avail = self.available(train_rows)
+    counts = self.epoch_counts(train_rows)
 
     def hist(rows, r):
-      return self.history(rows["history_kind"][r], rows["history_item"][r], rows["history_query"][r])
+      return self.row_history(rows["history_kind"][r], rows["history_item"][r],
+                              rows["history_query"][r])
 
-    for r in self._pick(rng, avail["nrip"], self.counts["nrip"]):
-      src = self.ask(self._phrase("nrip", rng, history=hist(rec, r)), tokens.REC_ITEM)
+    for r in self._pick(rng, avail["nrip"], counts["nrip"]):
+      src = self._history_prompt("nrip", self._phrasing(rng), hist(rec, r), tokens.REC_ITEM)
       out.append(Example("nrip", src, self.rec_item(rec["item"][r])))
-    for r in self._pick(rng, avail["nsip"], self.counts["nsip"]):
-      src = self._phrase("nsip", rng, history=hist(srch, r), query=self.query(int(srch["query"][r])))
-      out.append(Example("nsip", self.ask(src, tokens.SEARCH_ITEM), self.search_item(srch["item"][r])))
-    for r in self._pick(rng, avail["nsqp"], self.counts["nsqp"]):
-      src = self.ask(self._phrase("nsqp", rng, history=hist(srch, r)), tokens.SEARCH_QUERY)
+    for r in self._pick(rng, avail["nsip"], counts["nsip"]):
+      src = self._history_prompt("nsip", self._phrasing(rng), hist(srch, r), tokens.SEARCH_ITEM,
+                                 query=self.query(int(srch["query"][r])))
+      out.append(Example("nsip", src, self.search_item(srch["item"][r])))
+    for r in self._pick(rng, avail["nsqp"], counts["nsqp"]):
+      src = self._history_prompt("nsqp", self._phrasing(rng), hist(srch, r),
+                                 tokens.SEARCH_QUERY)
       out.append(Example("nsqp", src, self.query(int(srch["query"][r]))))
     if self.pseudo_queries is not None:
       with_q = [i for i, qs in enumerate(self.pseudo_queries) if len(qs)]
-      for j in self._pick(rng, len(with_q), self.counts["adhoc"]):
+      for j in self._pick(rng, len(with_q), counts["adhoc"]):
         item = with_q[j]
         qs = self.pseudo_queries[item]
         q = self.query(str(qs[int(rng.integers(len(qs)))]))
         src = self.ask(self._phrase("adhoc", rng, query=q), tokens.SEARCH_ITEM)
-        out.append(Example("adhoc", src, self.search_item(item)))
+        out.append(Example("adhoc", prompts_lib.Prompt(src), self.search_item(item)))
     for task in ("desc2id", "id2desc"):
-      picked = self._items_with_text[self._pick(rng, avail[task], self.counts[task])]
+      picked = self._items_with_text[self._pick(rng, avail[task], counts[task])]
       # Half semantic, half collaborative identifiers (a random half each epoch).
       semantic = np.zeros(len(picked), bool)
       semantic[rng.permutation(len(picked))[: len(picked) // 2]] = True
@@ -369,9 +390,13 @@ class TaskBuilder:
         ident = self._sem_id[item] if sem else self._col_id[item]
         text = self._texts[item]
         if task == "desc2id":
-          out.append(Example(task, self._phrase(task, rng, text=text), ident))
+          # An over-long description loses its last words, never the instruction.
+          src = prompts_lib.Prompt.around(PHRASINGS[task][self._phrasing(rng)], "text",
+                                          text.split(" "), sep=" ", drop="last")
+          out.append(Example(task, src, ident))
         else:
-          out.append(Example(task, self._phrase(task, rng, identifier=ident), text))
+          src = prompts_lib.Prompt(self._phrase(task, rng, identifier=ident))
+          out.append(Example(task, src, text))
     return out
 
   def tokenizer_texts(self) -> list[str]:

@@ -6,7 +6,7 @@ import pytest
 
 from gensar_jax.decoding import beam_search
 from gensar_jax.decoding import trie
-from tests import test_beam_fakes as fakes
+from tests import beam_fakes as fakes
 
 
 def _run(table, keys, tok, *, beam, score="allowed", mesh=None, decoder=None):
@@ -171,3 +171,75 @@ def test_catalog_table_is_shared_and_sharded_batch_matches():
     items3, scores3 = _run(table, keys, tok, beam=beam, mesh=mesh)
     np.testing.assert_array_equal(items, items3)
     np.testing.assert_allclose(scores, scores3, atol=1e-5)
+
+
+def _exact(tables, codes, cands, keys, tok, score, shared_codes=False):
+  from gensar_jax.decoding import exact  # pylint: disable=g-import-not-at-top
+
+  vocab = fakes.vocab_size(tok.num_levels, tok.codebook_size)
+  spec = beam_search.SearchSpec.create(tok, start_token=fakes.START, beam_size=1, score=score)
+  fn = exact.make_score_fn(lambda p: fakes.FakeDecoder(vocab), spec)
+  src = np.stack([np.asarray(keys), np.ones(len(keys))], 1).astype(np.int32)
+  cand_codes = codes[np.maximum(cands, 0)].astype(np.int32)
+  return np.asarray(fn({}, src, cand_codes, cands >= 0, tables))
+
+
+@pytest.mark.parametrize("score", ["allowed", "full"])
+@pytest.mark.parametrize("first_token", [fakes.BEHAVIOUR[1], None])
+def test_exact_scores_equal_the_brute_force_path_scores(score, first_token):
+  rng = np.random.default_rng(3)
+  levels, k = 4, 6
+  tok = fakes.level_tokens(levels, k, first_token)
+  codes = _random_codes(rng, 80, levels, k)
+  cands = np.stack([rng.permutation(len(codes))[:20] for _ in range(3)])
+  cands[1, -3:] = -1  # padding candidates
+  tables = trie.build_batched(codes, cands, k)
+  keys = [2, 7, 13]
+  got = _exact(tables, codes, cands, keys, tok, score)
+  for b, key in enumerate(keys):
+    for c, item in enumerate(cands[b]):
+      if item < 0:
+        assert got[b, c] == -np.inf
+        continue
+      want = fakes.path_score(key, codes[item], tok, tables[b], score)
+      np.testing.assert_allclose(got[b, c], want, atol=2e-4)
+
+
+@pytest.mark.parametrize("score", ["allowed", "full"])
+def test_beam_as_wide_as_the_candidates_returns_the_exact_ranking(score):
+  rng = np.random.default_rng(4)
+  levels, k, n_cand = 4, 5, 24
+  tok = fakes.level_tokens(levels, k)
+  codes = _random_codes(rng, 100, levels, k)
+  cands = np.stack([rng.permutation(len(codes))[:n_cand] for _ in range(4)])
+  tables = trie.build_batched(codes, cands, k)
+  keys = [1, 4, 6, 9]
+  scores = _exact(tables, codes, cands, keys, tok, score)
+  items, beam_scores = _run(tables, keys, tok, beam=n_cand, score=score)
+  exact_order = np.take_along_axis(cands, np.argsort(-scores, axis=1, kind="stable"), 1)
+  np.testing.assert_array_equal(items, exact_order)
+  np.testing.assert_allclose(beam_scores, -np.sort(-scores, axis=1), atol=2e-4)
+  # A narrower beam is an approximation: it returns fewer items, never better scores.
+  narrow, narrow_scores = _run(tables, keys, tok, beam=6, score=score)
+  assert narrow.shape == (4, 6)
+  assert np.all(narrow_scores[:, 0] <= beam_scores[:, 0] + 1e-4)
+
+
+def test_exact_scores_of_a_shared_candidate_list_match_per_example_lists():
+  rng = np.random.default_rng(5)
+  levels, k = 3, 7
+  tok = fakes.level_tokens(levels, k)
+  codes = _random_codes(rng, 40, levels, k)
+  items = np.arange(40)
+  keys = [3, 5]
+  per_example = _exact(np.full((1, 1, k), -1, np.int32), codes, np.stack([items, items]),
+                       keys, tok, "full")
+  from gensar_jax.decoding import exact  # pylint: disable=g-import-not-at-top
+
+  vocab = fakes.vocab_size(levels, k)
+  spec = beam_search.SearchSpec.create(tok, start_token=fakes.START, beam_size=1, score="full")
+  fn = exact.make_score_fn(lambda p: fakes.FakeDecoder(vocab), spec)
+  src = np.stack([np.asarray(keys), np.ones(2)], 1).astype(np.int32)
+  shared = np.asarray(fn({}, src, codes[None].astype(np.int32), np.ones((1, 40), bool),
+                         np.full((1, 1, k), -1, np.int32)))
+  np.testing.assert_allclose(shared, per_example, atol=1e-5)

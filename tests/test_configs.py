@@ -46,7 +46,7 @@ def test_ablations_change_exactly_what_they_name():
   base = _load("amazon").get_config("preset=cpu")
   no_bt = ablation.get_config("name=no_behaviour_tokens,preset=cpu")
   assert base.tasks.behaviour_tokens and not no_bt.tasks.behaviour_tokens
-  assert ablation.get_config("name=no_nsip,preset=cpu").tasks.counts.nsip == 0
+  assert ablation.get_config("name=no_nsip,preset=cpu").tasks.shares.nsip == 0
   assert not ablation.get_config("name=no_adhoc,preset=cpu").doc2query.enabled
   assert ablation.get_config("name=only_semantic").identifiers.variant == "semantic"
   for lm in (1, 2, 3):

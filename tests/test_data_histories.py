@@ -17,20 +17,20 @@ def _events(user, item, time, query):
 
 
 # User 0: six reviews, two of them at the same time (t=20), listed out of time order.
-# Items 0..5, query of item i = 10 + i. Expected event order:
-#   0:R0 1:S0 | 2:R1 3:R2 4:S1 5:S2 | 6:R3 7:S3 | 8:R4 9:S4 | 10:R5 11:S5
+# Items 0..5, query of item i = 10 + i. Expected event order (per review, rec first):
+#   0:R0 1:S0 | 2:R1 3:S1 | 4:R2 5:S2 | 6:R3 7:S3 | 8:R4 9:S4 | 10:R5 11:S5
 TIE_LOG = dict(user=[0, 0, 0, 0, 0, 0], item=[3, 0, 1, 2, 4, 5],
                time=[30, 10, 20, 20, 40, 50], query=[13, 10, 11, 12, 14, 15])
 
 
-def test_events_are_sorted_by_time_with_search_after_rec_at_equal_times():
+def test_events_are_sorted_by_time_then_review_then_kind():
   ev = _events(**TIE_LOG)
-  assert ev.kind.tolist() == [R, S, R, R, S, S, R, S, R, S, R, S]
-  assert ev.item.tolist() == [0, 0, 1, 2, 1, 2, 3, 3, 4, 4, 5, 5]
-  assert ev.query.tolist() == [-1, 10, -1, -1, 11, 12, -1, 13, -1, 14, -1, 15]
+  assert ev.kind.tolist() == [R, S] * 6
+  assert ev.item.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+  assert ev.query.tolist() == [-1, 10, -1, 11, -1, 12, -1, 13, -1, 14, -1, 15]
   assert ev.time.tolist() == [10, 10, 20, 20, 20, 20, 30, 30, 40, 40, 50, 50]
-  # Every event points back at its review (file position).
-  assert ev.review.tolist() == [1, 1, 2, 3, 2, 3, 0, 0, 4, 4, 5, 5]
+  # Every event points back at its review (file position); a review's events are adjacent.
+  assert ev.review.tolist() == [1, 1, 2, 2, 3, 3, 0, 0, 4, 4, 5, 5]
 
 
 def test_reviews_without_query_are_rec_events_only():
@@ -43,9 +43,9 @@ def test_reviews_without_query_are_rec_events_only():
 def test_search_target_never_sees_its_own_rec_event():
   ev = _events(**TIE_LOG)
   tt = histories.task_targets(ev, S, max_rec=5, max_src=5, min_targets=3)
-  # S0 has no rec event but its own: dropped. S1 sees R2 (another review at its time)
-  # but not R1; S2 sees R1 and S1 but not R2.
-  expected = {4: [0, 1, 3], 5: [0, 1, 2, 4], 7: [0, 1, 2, 3, 4, 5],
+  # S0 has no rec event but its own: dropped. S1 sees R0 and S0 but not R1 (its own)
+  # nor R2 (a later review at the same time); S2 sees R1 and S1 but not R2.
+  expected = {3: [0, 1], 5: [0, 1, 2, 3], 7: [0, 1, 2, 3, 4, 5],
               9: [0, 1, 2, 3, 4, 5, 6, 7], 11: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}
   assert tt.event.tolist() == list(expected)
   for e, h in zip(tt.event.tolist(), tt.history.tolist()):
@@ -61,8 +61,8 @@ def test_search_target_never_sees_its_own_rec_event():
 def test_rec_targets_need_an_earlier_event_of_each_kind():
   ev = _events(**TIE_LOG)
   tt = histories.task_targets(ev, R, max_rec=5, max_src=5, min_targets=3)
-  # R0: nothing before. R1: R0, S0. R2: R0, S0, R1 (S1 at the same time comes after).
-  expected = {2: [0, 1], 3: [0, 1, 2], 6: [0, 1, 2, 3, 4, 5], 8: [0, 1, 2, 3, 4, 5, 6, 7],
+  # R0: nothing before. R1: R0, S0. R2: R0, S0, R1, S1 (the earlier review at its time).
+  expected = {2: [0, 1], 4: [0, 1, 2, 3], 6: [0, 1, 2, 3, 4, 5], 8: [0, 1, 2, 3, 4, 5, 6, 7],
               10: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}
   assert tt.event.tolist() == list(expected)
   assert [h[:len(expected[e])] for e, h in zip(tt.event.tolist(), tt.history.tolist())] == [
@@ -76,7 +76,7 @@ def test_windows_keep_the_last_rec_events_and_search_sessions():
   tt = histories.task_targets(ev, S, max_rec=2, max_src=2, min_targets=3)
   hist = dict(zip(tt.event.tolist(), tt.history.tolist()))
   assert hist[11] == [6, 7, 8, 9]  # R3 S3 R4 S4: R5 (own) skipped, two of each kind.
-  assert hist[5] == [0, 1, 2, 4]  # R0 R1 (R2 own), S0 S1.
+  assert hist[5] == [0, 1, 2, 3]  # R0 R1 (R2 own), S0 S1.
   tt = histories.task_targets(ev, R, max_rec=2, max_src=1, min_targets=3)
   hist = dict(zip(tt.event.tolist(), tt.history.tolist()))
   assert hist[10] == [6, 8, 9]  # R3 R4 and S4.
@@ -143,3 +143,27 @@ def test_rec_train_sequences_stop_before_the_validation_target():
   tt = histories.task_targets(ev, R, 5, 5, 3)
   seqs = histories.rec_train_sequences(ev, tt, 3)
   assert [s.tolist() for s in seqs] == [[0, 1, 2], [5], [6, 7]]
+
+
+def test_same_time_reviews_never_leak_validation_or_test_targets_into_training():
+  # One user, eight reviews all at the same second, every review also a search
+  # session; a second user with distinct times as a control.
+  n = 8
+  user = [0] * n + [1] * n
+  item = list(range(n)) + list(range(n, 2 * n))
+  time = [100] * n + list(range(n))
+  query = list(range(2 * n))
+  ev = _events(user=user, item=item, time=time, query=query)
+  for kind in (R, S):
+    tt = histories.task_targets(ev, kind, max_rec=n, max_src=n, min_targets=3)
+    held_out = set(tt.event[tt.split > 0].tolist())
+    held_out_reviews = {int(ev.review[e]) for e in held_out}
+    for e, h in zip(tt.event[tt.split == 0], tt.history[tt.split == 0]):
+      seen = {int(ev.review[p]) for p in h if p >= 0}
+      # No event of a held-out target's review (of either kind) is in a training history.
+      assert not seen & held_out_reviews, (kind, int(e), sorted(seen & held_out_reviews))
+      # Every history event comes from a review strictly before the target's review.
+      assert all(ev.review[p] < ev.review[e] for p in h if p >= 0 and ev.user[p] == 0)
+    # The held-out targets are the user's last reviews in file order.
+    user0 = [int(ev.review[e]) for e in held_out if ev.user[e] == 0]
+    assert sorted(user0) == [n - 2, n - 1]

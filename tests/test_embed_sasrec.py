@@ -252,7 +252,7 @@ def test_embed_stage_writes_both_matrices_in_catalog_order(demo_run):
     embed_stage.load_embeddings(out, catalog.item_ids[::-1])
 
 
-def test_embed_stage_summary_records_shapes_timings_and_sasrec_metrics(demo_run):
+def test_embed_stage_summary_records_shapes_and_timings_and_no_test_metrics(demo_run):
   summary = json.loads((demo_run["work"] / "embed" / pipeline.SUMMARY).read_text())
   assert summary == demo_run["summaries"]["embed"]
   n = summary["num_items"]
@@ -260,13 +260,9 @@ def test_embed_stage_summary_records_shapes_timings_and_sasrec_metrics(demo_run)
   sem, sas = summary["semantic"], summary["sasrec"]
   assert (sem["pooling"], sem["normalized"], sem["dim"]) == ("cls", True, 16)
   assert sem["encode_s"] > 0 and sem["items_per_s"] > 0 and summary["wall_s"] > 0
-  assert sas["train_s"] > 0 and sas["eval_s"] >= 0
-  test_rows = dataset.load_rows(demo_run["work"] / "data", "recommendation", "test")
-  for mode in ("sampled", "full"):
-    assert set(sas[mode]) == set(metrics.METRIC_KEYS) | {"count"}
-    assert sas[mode]["count"] == len(test_rows["item"])
-    assert all(0.0 <= sas[mode][k] <= 1.0 for k in metrics.METRIC_KEYS)
-  assert sas["history_fallbacks"] == 0
+  assert sas["train_s"] > 0
+  # SASRec's test metrics have one home, the eval stage's baselines.
+  assert not {"sampled", "full", "eval_s"} & set(sas)
   # A second run with the same config is served from the cache.
   again = pipeline.run(demo_run["config"], demo_run["work"])
   assert again["embed"] == summary

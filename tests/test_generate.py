@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gensar_jax.decoding import generate
-from tests import test_beam_fakes as fakes
+from tests import beam_fakes as fakes
 
 VOCAB = 7
 EOS, PAD, START = 1, 0, 0

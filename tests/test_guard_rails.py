@@ -14,7 +14,7 @@ from tests.test_end_to_end import tiny_config
     ({"eval.beam_size": 500}, r"beam_size \(500\) is larger than the catalog \(60 items\)"),
     ({"eval.score": "softmax"}, "eval.score"),
     ({"train.batch_size": 20, "train.grad_accum_steps": 3}, "multiple of grad_accum_steps"),
-    ({"tasks.counts.nrip": -5}, "tasks.counts"),
+    ({"tasks.shares.nrip": -5.0}, "tasks.shares"),
     ({"data.demo": False, "data.raw_dir": "/nonexistent/raw"}, "does not exist"),
     ({"data.min_targets": 2}, "min_targets must be >= 3"),
     ({"doc2query.method": "greedy"}, "method must be"),

@@ -15,6 +15,7 @@ from gensar_jax.report import tables
 
 def _metrics(rng, n=100):
   m = {k: float(np.round(rng.random(), 6)) for k in metrics_lib.METRIC_KEYS}
+  m.update({f"{k}_se": float(np.round(rng.random() / 100, 6)) for k in metrics_lib.METRIC_KEYS})
   m["count"] = n
   return m
 
@@ -23,6 +24,11 @@ def _write_run(workdir, rng, with_baselines=True, variant="joint"):
   metrics = {t: {"sampled": _metrics(rng), "full": _metrics(rng)}
              for t in ("recommendation", "search")}
   metrics["checkpoint_step"] = 7
+  metrics["recommendation"]["agreement"] = {"top10_equal": 0.25, "top1_equal": 0.5,
+                                            "same_rank": 0.75}
+  metrics["tests"] = {"search": {"sampled": {"versus": "dense", "metric": "ndcg@10",
+                                             "mean_diff": 0.0123, "se_diff": 0.004, "t": 3.1,
+                                             "p": 0.0021, "count": 100}}}
   if with_baselines:
     metrics["baselines"] = {
         "sasrec": {"recommendation": {"sampled": _metrics(rng), "full": _metrics(rng)}},
@@ -79,9 +85,11 @@ def test_report_numbers_equal_metrics_json(tmp_path):
   row = next(l for l in section.splitlines() if l.startswith("| Dense"))
   cells = [c.strip() for c in row.strip("|").split("|")]
   want = main["baselines"]["dense"]["search"]["sampled"]
-  assert cells[1:6] == [f"{want[k]:.4f}" for k in metrics_lib.METRIC_KEYS]
+  assert cells[1:6] == [f"{want[k]:.4f} ± {want[k + '_se']:.4f}" for k in metrics_lib.METRIC_KEYS]
   assert cells[6] == str(want["count"])
-  assert len(re.findall(r"^## ", md, flags=re.M)) == 4
+  assert len(re.findall(r"^## ", md, flags=re.M)) == 6
+  assert "| search | sampled | Dense (text encoder) | +0.0123 ± 0.0040 | 0.0021 |" in md
+  assert "| recommendation | 0.250 | 0.500 | 0.750 |" in md
 
 
 def test_collision_rates_per_run(tmp_path):

@@ -1,8 +1,12 @@
 """Interleaved histories, target filters and leave-one-out splits (DESIGN §1.3).
 
 Every review is a recommendation event; a review whose query is >= 0 is also a search
-event. Events are ordered per user by (time, kind, review order): at equal times the
-recommendation event comes first, then the search event, reviews in file order.
+event. Events are totally ordered per user by (time, review order, kind): reviews by
+time, reviews at equal times in file order (the tie-break), and within one review its
+recommendation event, then its search event. A review's two events therefore stay
+together, and no target ever sees an event of a review that comes after its own review
+in that order, same-time reviews included (so a training target never sees the user's
+validation or test targets, even when all of the user's reviews share one timestamp).
 
 For a target event the history is the last `max_rec` recommendation events and the
 last `max_src` search events strictly before it in that order, merged by that order
@@ -29,7 +33,7 @@ _BIG = np.iinfo(np.int64).max
 
 @dataclasses.dataclass
 class Events:
-  """Interleaved events sorted by (user, time, kind, review).
+  """Interleaved events sorted by (user, time, review, kind).
 
   Attributes:
     user, item, query, kind, time, review: [M] arrays (query -1 for rec events,
@@ -60,7 +64,7 @@ def interleave(user: np.ndarray, item: np.ndarray, time: np.ndarray,
   e_kind = np.concatenate([np.full(n, schema.KIND_REC, np.int32),
                            np.full(len(src), schema.KIND_SEARCH, np.int32)])
   e_query = np.concatenate([np.full(n, -1, np.int32), review_query[has_q].astype(np.int32)])
-  order = np.lexsort((e_review, e_kind, time[e_review], user[e_review]))
+  order = np.lexsort((e_kind, e_review, time[e_review], user[e_review]))
   r = e_review[order]
   return Events(user=user[r].astype(np.int32), item=item[r].astype(np.int32),
                 query=e_query[order], kind=e_kind[order], time=time[r].astype(np.int64),

@@ -246,7 +246,7 @@ class GensarAmazon(tfds.core.GeneratorBasedBuilder):
   """GenSAR rows (recommendation and search targets) of one Amazon review category."""
 
   # 1.0.0: first release (DESIGN §1 protocol). Bump whenever processing changes.
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version("1.2.0")
   RELEASE_NOTES = {
       "1.0.0": "Interleaved 5+5 histories, leave-one-out, 99 negatives.",
       "1.1.0": "Repeated (user, item) reviews dropped (earliest kept); linear HTML "
@@ -254,6 +254,10 @@ class GensarAmazon(tfds.core.GeneratorBasedBuilder):
                "repaired and counted; users without rows counted; vectorised, "
                "uncompressed split writer; recommendation negatives drawn by index "
                "into the interaction list.",
+      "1.2.0": "Events ordered by (time, review, kind): at equal times a review's "
+               "recommendation and search events stay together and no target sees an "
+               "event of a later review (was: every recommendation event before every "
+               "search event at equal times, which leaked held-out targets).",
   }
   FAST_WRITE = True  # Write splits with `write_split` (False: TFDS's example writer).
   BUILDER_CONFIGS = [GensarAmazonConfig(name=c, category=c) for c in CATEGORIES]

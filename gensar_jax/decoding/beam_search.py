@@ -83,14 +83,14 @@ class T5Decoder:
     return self.model.apply(self.params, hidden, token_ids, method=self.model.project)
 
 
-def _children(next_TxMxK: jax.Array, node_BxW: jax.Array) -> jax.Array:
+def children(next_TxMxK: jax.Array, node_BxW: jax.Array) -> jax.Array:
   """Trie rows of each beam's node: [B, W, K] (a [1, M, K] table is shared)."""
   if next_TxMxK.shape[0] == 1:
     return next_TxMxK[0][node_BxW]
   return jnp.take_along_axis(next_TxMxK, node_BxW[:, :, None], axis=1)
 
 
-def _level_logprobs(decoder, hidden_BxWxD, ids_K, allowed_BxWxK, score):
+def level_logprobs(decoder, hidden_BxWxD, ids_K, allowed_BxWxK, score):
   """Log-probabilities of level tokens `ids_K`; -inf where not allowed."""
   if score == "allowed":
     logits_BxWxK = decoder.project(hidden_BxWxD, token_ids=ids_K).astype(jnp.float32)
@@ -111,9 +111,35 @@ def _reorder(cache, beam_BxW):
   return jax.tree.map(gather, cache)
 
 
-def _widen(cache, beams):
+def widen(cache, beams):
   """Copies a one-beam cache [layers, B, 1, ...] to `beams` beams."""
   return jax.tree.map(lambda x: jnp.repeat(x, beams, axis=2), cache)
+
+
+def prefix(decoder, cross, src_mask_BxS, num_levels: int, *, first_token: int | None,
+           start_token: int, score: str):
+  """The shared start of every identifier, one copy per example.
+
+  Feeds the start token, then the forced behaviour token (if any).
+
+  Returns:
+    hidden_Bx1xD: the decoder output that predicts level 0.
+    cache: a one-beam self-attention cache with room for every level's input.
+    base_B: the behaviour token's log-probability under "full" scoring (else 0).
+  """
+  batch = src_mask_BxS.shape[0]
+  offset = 1 if first_token is None else 2
+  cache = decoder.init_cache(batch, 1, offset + num_levels - 1)
+  hidden, cache = decoder.decode_step(
+      jnp.full((batch, 1), start_token, jnp.int32), 0, cache, cross, src_mask_BxS)
+  base_B = jnp.zeros((batch,), jnp.float32)
+  if first_token is not None:
+    if score == "full":
+      logits_Bx1xV = decoder.project(hidden).astype(jnp.float32)
+      base_B = jax.nn.log_softmax(logits_Bx1xV, axis=-1)[:, 0, first_token]
+    hidden, cache = decoder.decode_step(
+        jnp.full((batch, 1), first_token, jnp.int32), 1, cache, cross, src_mask_BxS)
+  return hidden, cache, base_B
 
 
 def search(
@@ -152,22 +178,12 @@ def search(
   num_levels, k = token_ids_LxK.shape
   w = beam_size
   offset = 1 if first_token is None else 2  # Decoder position of level 1's input.
-  cache = decoder.init_cache(batch, 1, offset + num_levels - 1)
-
-  # Prefix phase, one copy per example: start token, then the forced behaviour token.
-  hidden, cache = decoder.decode_step(
-      jnp.full((batch, 1), start_token, jnp.int32), 0, cache, cross, src_mask_BxS)
-  base_B = jnp.zeros((batch,), jnp.float32)
-  if first_token is not None:
-    if score == "full":
-      logits_Bx1xV = decoder.project(hidden).astype(jnp.float32)
-      base_B = jax.nn.log_softmax(logits_Bx1xV, axis=-1)[:, 0, first_token]
-    hidden, cache = decoder.decode_step(
-        jnp.full((batch, 1), first_token, jnp.int32), 1, cache, cross, src_mask_BxS)
+  hidden, cache, base_B = prefix(decoder, cross, src_mask_BxS, num_levels,
+                                 first_token=first_token, start_token=start_token, score=score)
 
   # Level 0 from the single copy opens the W beams.
-  child_Bx1xK = _children(next_TxMxK, jnp.zeros((batch, 1), jnp.int32))
-  logp_Bx1xK = _level_logprobs(decoder, hidden, token_ids_LxK[0], child_Bx1xK >= 0, score)
+  child_Bx1xK = children(next_TxMxK, jnp.zeros((batch, 1), jnp.int32))
+  logp_Bx1xK = level_logprobs(decoder, hidden, token_ids_LxK[0], child_Bx1xK >= 0, score)
   cand_BxK = base_B[:, None] + logp_Bx1xK[:, 0]
   if k < w:
     cand_BxK = jnp.pad(cand_BxK, ((0, 0), (0, w - k)), constant_values=-jnp.inf)
@@ -176,16 +192,16 @@ def search(
   alive_BxW = scores_BxW > -jnp.inf
   node_BxW = jnp.where(alive_BxW, jnp.take_along_axis(child_Bx1xK[:, 0], code_BxW, 1), 0)
   token_BxW = token_ids_LxK[0][code_BxW]
-  cache = _widen(cache, w)
+  cache = widen(cache, w)
 
   def step(level, carry):
     cache, token_BxW, node_BxW, scores_BxW, alive_BxW = carry
     hidden_BxWxD, cache = decoder.decode_step(
         token_BxW, offset + level - 1, cache, cross, src_mask_BxS)
-    child_BxWxK = _children(next_TxMxK, node_BxW)
+    child_BxWxK = children(next_TxMxK, node_BxW)
     allowed_BxWxK = (child_BxWxK >= 0) & alive_BxW[:, :, None]
     ids_K = token_ids_LxK[level]
-    logp_BxWxK = _level_logprobs(decoder, hidden_BxWxD, ids_K, allowed_BxWxK, score)
+    logp_BxWxK = level_logprobs(decoder, hidden_BxWxD, ids_K, allowed_BxWxK, score)
     cand_BxWK = (scores_BxW[:, :, None] + logp_BxWxK).reshape(batch, w * k)
     scores_BxW, flat_BxW = jax.lax.top_k(cand_BxWK, w)
     alive_BxW = scores_BxW > -jnp.inf

@@ -7,8 +7,8 @@ Outputs in the stage directory, rows in catalog item order:
   sasrec_config.json, sasrec_params.msgpack  the trained SASRec (`sasrec.load(dir)`)
 Items with neither title nor description get the embedding of the empty string (the
 encoder's [CLS] [SEP] input); items with a title only are encoded from the title.
-SASRec trains on `catalog.rec_train_sequences` only and is scored on the
-recommendation test rows (100 candidates and the full catalog).
+SASRec trains on `catalog.rec_train_sequences` only; it is scored as a baseline by the
+eval stage (the one place its test metrics are computed).
 """
 
 from __future__ import annotations
@@ -78,17 +78,17 @@ def semantic_embeddings(config: ml_collections.ConfigDict, catalog: schema.Catal
   return vectors, summary
 
 
-def compute(config: ml_collections.ConfigDict, catalog: schema.Catalog, out_dir: pathlib.Path,
-            test_rows: Any, validation_rows: Any) -> dict[str, Any]:
+def compute(config: ml_collections.ConfigDict, catalog: schema.Catalog,
+            out_dir: pathlib.Path) -> dict[str, Any]:
   """Writes both embedding matrices and the SASRec model; returns the stage summary.
+
+  SASRec is not scored here: its test metrics are computed in one place, the eval
+  stage's baselines (`gensar_jax.evaluation.baselines`), on GenSAR's rows.
 
   Args:
     config: the pipeline config (its `embed` section and `seed` are read).
     catalog: the data stage's catalog.
     out_dir: where the outputs go.
-    test_rows: recommendation test rows (scored for SASRec's metrics).
-    validation_rows: recommendation validation rows (their targets extend the test
-      histories, see `sasrec.row_histories`).
   """
   out_dir = pathlib.Path(out_dir)
   semantic_NxD, sem_summary = semantic_embeddings(config, catalog)
@@ -96,10 +96,6 @@ def compute(config: ml_collections.ConfigDict, catalog: schema.Catalog, out_dir:
   sas_config = sasrec.SasrecConfig.from_config(config.embed.sasrec.to_dict(), catalog.num_items)
   model, sas_summary = sasrec.train(catalog.rec_train_sequences, sas_config, seed=config.seed)
   collaborative_NxD = model.item_table()
-  start = time.time()
-  sas_summary.update(sasrec.evaluate(model, catalog, test_rows, validation_rows, seed=config.seed))
-  sas_summary["eval_s"] = round(time.time() - start, 2)
-  logging.info("sasrec test: sampled %s, full %s", sas_summary["sampled"], sas_summary["full"])
   np.save(out_dir / SEMANTIC, semantic_NxD.astype(np.float32))
   np.save(out_dir / COLLABORATIVE, collaborative_NxD.astype(np.float32))
   np.save(out_dir / ITEM_IDS, np.asarray(catalog.item_ids).astype(str))
@@ -117,11 +113,8 @@ def run(config: ml_collections.ConfigDict, ctx: pipeline.StageContext) -> dict[s
   """Stage entry point: reads the data stage, writes the embeddings into `ctx.dir`."""
   from gensar_jax.data import dataset  # pylint: disable=g-import-not-at-top
 
-  data_dir = ctx.input_dir("data")
-  catalog = dataset.load_catalog(data_dir)
-  test_rows = dataset.load_rows(data_dir, "recommendation", "test")
-  validation_rows = dataset.load_rows(data_dir, "recommendation", "validation")
-  return compute(config, catalog, ctx.dir, test_rows, validation_rows)
+  catalog = dataset.load_catalog(ctx.input_dir("data"))
+  return compute(config, catalog, ctx.dir)
 
 
 def load_embeddings(embed_dir: str | pathlib.Path, item_ids: np.ndarray | None = None

@@ -8,7 +8,10 @@ tie-breaking (`metrics.ranks_from_scores` / `metrics.ranks_of_targets`).
   popularity  (both tasks) training interaction counts (the recommendation items of
               `Catalog.rec_train_sequences`), the same for every row.
   sasrec      (recommendation) the embed stage's SASRec over the user's sequence up to
-              the target (validation target included for test rows).
+              the target (validation target included for test rows), its last
+              `embed.sasrec.max_len` items.
+  sasrec_lastW  the same trained SASRec reading only the last W = `data.max_rec_his_len`
+              items (GenSAR's recommendation window), for a same-information comparison.
   bm25        (search) BM25 (bm25s, the data stage's tokenizer: stopwords removed,
               Krovetz stems) of the row's query over item title + description.
   dense       (search) cosine similarity of the text encoder's query embedding and the
@@ -34,8 +37,8 @@ _CHUNK = 512  # Rows scored at once (bounds the [R, N] score matrix).
 
 
 def score_rows(scorer: Scorer, rows: Mapping[str, np.ndarray], modes: Sequence[str],
-               seed: int) -> dict[str, dict]:
-  """Metrics of one scorer on rows, per mode ("sampled", "full")."""
+               seed: int) -> dict[str, np.ndarray]:
+  """1-based rank of each row's target under one scorer, per mode ("sampled", "full")."""
   n = len(rows["item"])
   ranks = {m: [] for m in modes}
   for lo in range(0, n, _CHUNK):
@@ -47,8 +50,7 @@ def score_rows(scorer: Scorer, rows: Mapping[str, np.ndarray], modes: Sequence[s
           np.take_along_axis(scores_RxN, cands, axis=1), 0, seed + lo))
     if "full" in modes:
       ranks["full"].append(metrics_lib.ranks_of_targets(scores_RxN, part["item"], seed + lo))
-  return {m: metrics_lib.metrics_from_ranks(np.concatenate(r) if r else np.zeros(0))
-          for m, r in ranks.items()}
+  return {m: np.concatenate(r) if r else np.zeros(0) for m, r in ranks.items()}
 
 
 def popularity_scorer(catalog: schema.Catalog) -> Scorer:
@@ -59,14 +61,23 @@ def popularity_scorer(catalog: schema.Catalog) -> Scorer:
   return lambda rows: np.broadcast_to(counts_N, (len(rows["item"]), catalog.num_items))
 
 
-def sasrec_scorer(embed_dir, catalog: schema.Catalog, earlier_rows) -> Scorer:
-  """The embed stage's SASRec (see `gensar_jax.embed.sasrec.row_histories`)."""
+def sasrec_scorer(embed_dir, catalog: schema.Catalog, earlier_rows,
+                  window: int | None = None) -> Scorer:
+  """The embed stage's SASRec (see `gensar_jax.embed.sasrec.row_histories`).
+
+  Args:
+    window: keep only the last `window` recommendation items of each history (GenSAR's
+      `data.max_rec_his_len`, for a same-information comparison); None = SASRec's own
+      `max_len`.
+  """
   from gensar_jax.embed import sasrec  # pylint: disable=g-import-not-at-top
 
   model = sasrec.load(embed_dir)
 
   def score(rows):
     histories, _ = sasrec.row_histories(catalog, rows, earlier_rows)
+    if window is not None:
+      histories = [h[-window:] for h in histories]
     return sasrec.score_all(model, histories)
 
   return score
@@ -111,7 +122,8 @@ def dense_query_scores(config, embed_dir, catalog: schema.Catalog) -> np.ndarray
 def evaluate_all(config, ctx: pipeline.StageContext, catalog: schema.Catalog,
                  test_rows: Mapping[str, Mapping[str, np.ndarray]],
                  modes: Sequence[str]) -> dict[str, dict]:
-  """{baseline: {task: {mode: metrics}}} on the given test rows."""
+  """{baseline: {task: {mode: ranks_R}}} on the given test rows (the one place every
+  baseline, SASRec included, is scored)."""
   seed = int(config.seed)
   data_dir = ctx.input_dir("data")
   embed_dir = ctx.input_dir("embed")
@@ -123,6 +135,9 @@ def evaluate_all(config, ctx: pipeline.StageContext, catalog: schema.Catalog,
   earlier = dataset.load_rows(data_dir, "recommendation", "validation")
   out["sasrec"] = {"recommendation": score_rows(
       sasrec_scorer(embed_dir, catalog, earlier), rec, modes, seed)}
+  window = int(config.data.max_rec_his_len)
+  out[f"sasrec_last{window}"] = {"recommendation": score_rows(
+      sasrec_scorer(embed_dir, catalog, earlier, window), rec, modes, seed)}
   out["bm25"] = {"search": score_rows(query_scorer(bm25_query_scores(catalog)), srch, modes,
                                       seed)}
   out["dense"] = {"search": score_rows(

@@ -3,6 +3,11 @@
 With one relevant item per example, HR@k = 1[rank <= k] and NDCG@k =
 1[rank <= k] / log2(rank + 1) (1-based rank). A ranked list with fewer than k distinct
 results counts a missing target as a miss below rank k.
+
+Every metric is a mean over rows and comes with its standard error over rows
+(`<metric>_se`: sample standard deviation / sqrt(rows)). Two methods scored on the
+same rows are compared with a paired t-test on the per-row gains (`paired_test`), as
+the paper does (p < 0.05).
 """
 
 from __future__ import annotations
@@ -44,17 +49,53 @@ def ranks_from_scores(scores_BxC: np.ndarray, positive: int = 0, seed: int = 0) 
   return (greater_B + np.floor(u_B * (ties_B + 1)) + 1).astype(np.float64)
 
 
-def metrics_from_ranks(rank_B: np.ndarray) -> dict[str, float]:
-  """HR@{1,5,10} and NDCG@{5,10} averaged over examples, plus `count`."""
+def gains(rank_B: np.ndarray, key: str) -> np.ndarray:
+  """Per-row value of one metric ("hr@k" or "ndcg@k") from 1-based ranks."""
   rank_B = np.asarray(rank_B, dtype=np.float64)
+  name, k = key.split("@")
+  hit_B = rank_B <= int(k)
+  if name == "hr":
+    return hit_B.astype(np.float64)
+  if name == "ndcg":
+    return np.where(hit_B, 1.0 / np.log2(np.minimum(rank_B, 1e9) + 1.0), 0.0)
+  raise ValueError(f"unknown metric {key!r}")
+
+
+def metrics_from_ranks(rank_B: np.ndarray) -> dict[str, float]:
+  """HR@{1,5,10} and NDCG@{5,10} averaged over examples, their standard errors
+  (`<key>_se`, 0 for fewer than two rows), plus `count`."""
+  rank_B = np.asarray(rank_B, dtype=np.float64)
+  n = len(rank_B)
   out: dict[str, float] = {}
-  for k in KS:
-    out[f"hr@{k}"] = float(np.mean(rank_B <= k)) if len(rank_B) else 0.0
-  for k in NDCG_KS:
-    gain = np.where(rank_B <= k, 1.0 / np.log2(np.minimum(rank_B, 1e9) + 1.0), 0.0)
-    out[f"ndcg@{k}"] = float(np.mean(gain)) if len(rank_B) else 0.0
-  out["count"] = int(len(rank_B))
+  for key in METRIC_KEYS:
+    g = gains(rank_B, key)
+    out[key] = float(np.mean(g)) if n else 0.0
+    out[f"{key}_se"] = float(np.std(g, ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+  out["count"] = int(n)
   return out
+
+
+def paired_test(rank_a_B: np.ndarray, rank_b_B: np.ndarray, key: str = "ndcg@10") -> dict:
+  """Paired t-test of one metric between two methods ranked on the same rows.
+
+  Returns:
+    {"metric", "mean_diff" (a - b), "se_diff", "t", "p" (two-sided), "count"}.
+  """
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+
+  a, b = gains(rank_a_B, key), gains(rank_b_B, key)
+  if a.shape != b.shape:
+    raise ValueError(f"paired test needs the same rows: {a.shape} vs {b.shape}")
+  d = a - b
+  n = len(d)
+  se = float(np.std(d, ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+  if n > 1 and se > 0:
+    res = stats.ttest_rel(a, b)
+    t, p = float(res.statistic), float(res.pvalue)
+  else:
+    t, p = 0.0, 1.0
+  return {"metric": key, "mean_diff": float(d.mean()) if n else 0.0, "se_diff": se,
+          "t": t, "p": p, "count": int(n)}
 
 
 def ranks_of_targets(scores_BxN: np.ndarray, target_B: np.ndarray, seed: int = 0) -> np.ndarray:

@@ -2,14 +2,24 @@
 
 Restores the best Orbax checkpoint of `<workdir>/train` (with the tokenizer,
 identifier tables and config saved beside it), refuses to go on when those differ from
-the workdir's identifiers stage, decodes every test row of both tasks with the
-constrained beam search against its 100 stored candidates ("sampled") and against the
-whole catalog ("full"), and scores the baselines on the same rows and candidates.
+the workdir's identifiers stage, ranks every test row of both tasks against its 100
+stored candidates ("sampled"; exactly by likelihood or by beam search, `eval.rank`)
+and against the whole catalog ("full"), and scores the baselines on the same rows and
+candidates. With `eval.compare` the 100 candidates are ranked both ways and the
+agreement of beam search's top 10 with the exact top 10 is reported.
 
 Writes `metrics.json`:
-  {"recommendation": {"sampled": {hr@1, hr@5, hr@10, ndcg@5, ndcg@10, count}, "full": {...}},
-   "search": {...}, "baselines": {name: {task: {"sampled": ..., "full": ...}}},
+  {"recommendation": {"sampled": {hr@1, ..., ndcg@10, <metric>_se..., count},
+                      "full": {...}, "sampled_beam": {...}, "sampled_exact": {...},
+                      "agreement": {top10_equal, top1_equal, same_rank}},
+   "search": {...},
+   "baselines": {name: {task: {"sampled": ..., "full": ...}}},
+   "tests": {task: {mode: {"versus", "metric", "mean_diff", "se_diff", "t", "p", "count"}}},
+   "settings": {checkpoint_step, beam_size, score, rank, exact_catalog},
    "checkpoint_step": N}
+and `ranks.npz` (every method's per-row target ranks, `<method>/<task>/<mode>`), from
+which any table or test can be recomputed. "tests" compares GenSAR with the best
+baseline of each task and mode (by NDCG@10) by a paired t-test on the same rows.
 """
 
 from __future__ import annotations
@@ -25,12 +35,14 @@ from gensar_jax.data import dataset
 from gensar_jax.data import schema
 from gensar_jax.evaluation import baselines
 from gensar_jax.evaluation import generative
+from gensar_jax.evaluation import metrics as metrics_lib
 from gensar_jax.identifiers import table as id_table
 from gensar_jax.model import t5 as t5_lib
 from gensar_jax.train import checkpoint as ckpt_lib
 from gensar_jax.train import sharding
 
 METRICS_FILE = "metrics.json"
+RANKS_FILE = "ranks.npz"
 
 
 def validate(config) -> None:
@@ -40,6 +52,9 @@ def validate(config) -> None:
     raise pipeline.PipelineError("config.eval.beam_size and batch_size must be >= 1")
   if v.score not in ("allowed", "full"):
     raise pipeline.PipelineError(f"config.eval.score must be 'allowed' or 'full', got {v.score!r}")
+  if v.rank not in generative.RANKS:
+    raise pipeline.PipelineError(
+        f"config.eval.rank must be one of {generative.RANKS}, got {v.rank!r}")
   if v.max_examples < 0:
     raise pipeline.PipelineError("config.eval.max_examples must be >= 0")
 
@@ -84,17 +99,36 @@ def run(config, ctx: pipeline.StageContext) -> dict:
       mesh=sharding.make_mesh(config.mesh.data_axis))
   modes = generative.MODES if v.full_catalog else ("sampled",)
   metrics: dict = {"checkpoint_step": bundle.step}
+  ranks: dict[str, np.ndarray] = {}
   test_rows = {}
   for task in schema.TASKS:
     rows = limit_rows(dataset.load_rows(data_dir, task, "test"), int(v.max_examples))
     test_rows[task] = rows
     t0 = time.time()
-    metrics[task] = ranker.evaluate(bundle.params, task, rows, modes, progress=f"eval {task}")
+    got = ranker.row_ranks(bundle.params, task, rows, modes, v.rank,
+                           exact_catalog=bool(v.exact_catalog), compare=bool(v.compare),
+                           progress=f"eval {task}")
+    metrics[task] = {m: metrics_lib.metrics_from_ranks(r) for m, r in got.items()
+                     if m != "agreement"}
+    if "agreement" in got:
+      metrics[task]["agreement"] = got["agreement"]
+    ranks.update({f"gensar/{task}/{m}": r for m, r in got.items() if m != "agreement"})
     logging.info("eval %s (%.0f s): %s", task, time.time() - t0, metrics[task])
   t0 = time.time()
-  metrics["baselines"] = baselines.evaluate_all(config, ctx, catalog, test_rows, modes)
+  baseline_ranks = baselines.evaluate_all(config, ctx, catalog, test_rows, modes)
   baseline_s = time.time() - t0
+  metrics["baselines"] = {
+      name: {task: {m: metrics_lib.metrics_from_ranks(r) for m, r in per_mode.items()}
+             for task, per_mode in per_task.items()}
+      for name, per_task in baseline_ranks.items()}
+  ranks.update({f"{name}/{task}/{m}": r for name, per_task in baseline_ranks.items()
+                for task, per_mode in per_task.items() for m, r in per_mode.items()})
+  metrics["tests"] = paired_tests(ranks, metrics["baselines"], modes)
+  metrics["settings"] = {"checkpoint_step": bundle.step, "beam_size": int(v.beam_size),
+                         "score": v.score, "rank": v.rank,
+                         "exact_catalog": bool(v.exact_catalog)}
   pipeline.write_json_atomic(ctx.dir / METRICS_FILE, metrics)
+  np.savez_compressed(ctx.dir / RANKS_FILE, **ranks)
   return {
       "metrics": metrics,
       "examples": {t: int(len(r["item"])) for t, r in test_rows.items()},
@@ -102,3 +136,20 @@ def run(config, ctx: pipeline.StageContext) -> dict:
       "baselines_s": round(baseline_s, 2),
       "eval_s": round(time.time() - start, 2),
   }
+
+
+def paired_tests(ranks: dict[str, np.ndarray], baseline_metrics: dict,
+                 modes) -> dict[str, dict]:
+  """GenSAR vs the best baseline (by NDCG@10) of each task and mode: paired t-test."""
+  out: dict[str, dict] = {}
+  for task in schema.TASKS:
+    for mode in modes:
+      scored = [(m[task][mode]["ndcg@10"], name) for name, m in baseline_metrics.items()
+                if mode in m.get(task, {})]
+      if not scored or f"gensar/{task}/{mode}" not in ranks:
+        continue
+      best = max(scored)[1]
+      test = metrics_lib.paired_test(ranks[f"gensar/{task}/{mode}"],
+                                     ranks[f"{best}/{task}/{mode}"], "ndcg@10")
+      out.setdefault(task, {})[mode] = {"versus": best, **test}
+  return out

@@ -160,7 +160,7 @@ class GenSAR:
                 candidates: Sequence[Sequence[str] | None] | None = None) -> list[Answer]:
     """The next items for each history (RequestError on a bad request)."""
     prepared = [self.history_events(h) for h in histories]
-    prompts = [self.builder.prompt("recommendation", self.builder.history_text(ev))
+    prompts = [self.builder.prompt("recommendation", self.builder.history_entries(ev))
                for ev, _ in prepared]
     hits = self._answer("recommendation", prompts, k, candidates)
     return [Answer(h, notes) for h, (_, notes) in zip(hits, prepared)]
@@ -174,7 +174,7 @@ class GenSAR:
       if not isinstance(q, str) or not q.strip():
         raise RequestError("a search request needs a non-empty query")
     prepared = [self.history_events(h) for h in histories]
-    prompts = [self.builder.prompt("search", self.builder.history_text(ev), q.strip())
+    prompts = [self.builder.prompt("search", self.builder.history_entries(ev), q.strip())
                for (ev, _), q in zip(prepared, queries)]
     hits = self._answer("search", prompts, k, candidates)
     return [Answer(h, notes) for h, (_, notes) in zip(hits, prepared)]

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
+from gensar_jax import prompts as prompts_lib
 from gensar_jax import tokens
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
@@ -72,6 +73,15 @@ class Tokenizer:
       raise ValueError(f"max_len must be >= 1, got {max_len}")
     encoded = self.backend.encode_batch_fast(list(texts), add_special_tokens=False)
     return [e.ids[: max_len - 1] + [self.eos_id] for e in encoded]
+
+  def encode_prompts(self, prompts: Sequence, max_len: int) -> tuple[list[list[int]], list[int]]:
+    """Token ids of `gensar_jax.prompts.Prompt`s (or strings), eos included, at most
+    `max_len` tokens: over-long prompts lose history entries, never their end
+    (`gensar_jax.prompts.encode`). Returns (ids, entries dropped per prompt)."""
+    def texts(batch):
+      return [e.ids for e in self.backend.encode_batch_fast(batch, add_special_tokens=False)]
+
+    return prompts_lib.encode(texts, prompts, max_len, self.eos_id)
 
   def encode(self, text: str, max_len: int) -> list[int]:
     """`encode_batch` of one text."""

@@ -46,7 +46,10 @@ def run(config, ctx: pipeline.StageContext) -> dict:
   if not entries:
     raise pipeline.PipelineError(f"nothing to report: no eval/metrics.json in {ctx.workdir}")
   title = f"GenSAR results: {config.data.category} (preset {config.preset})"
-  markdown = tables.to_markdown(entries, title)
+  main = tables.read_metrics(ctx.workdir) or {}
+  agreement = {t: main[t]["agreement"] for t in ("recommendation", "search")
+               if "agreement" in main.get(t, {})}
+  markdown = tables.to_markdown(entries, title, main.get("tests"), agreement)
   pipeline.write_text_atomic(ctx.dir / RESULTS_MD, markdown + "\n")
   pipeline.write_json_atomic(ctx.dir / RESULTS_JSON, {"methods": entries})
   written = [RESULTS_MD, RESULTS_JSON]

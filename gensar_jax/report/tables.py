@@ -22,6 +22,13 @@ _BASELINE_NAMES = {"sasrec": "SASRec", "bm25": "BM25", "dense": "Dense (text enc
                    "popularity": "Popularity"}
 
 
+def baseline_name(key: str) -> str:
+  """Display name of a baseline key ("sasrec_last5" -> "SASRec (last 5 items)")."""
+  if key.startswith("sasrec_last"):
+    return f"SASRec (last {key[len('sasrec_last'):]} items)"
+  return _BASELINE_NAMES.get(key, key)
+
+
 def read_metrics(workdir: pathlib.Path) -> dict | None:
   """A run's eval `metrics.json`, or None when it has not been evaluated."""
   path = pathlib.Path(workdir) / "eval" / "metrics.json"
@@ -46,7 +53,7 @@ def collect(workdir: pathlib.Path) -> list[dict]:
   if main is not None:
     entries.append(_gensar_entry(main, "GenSAR", "gensar"))
     for name, per_task in main.get("baselines", {}).items():
-      entries.append({"method": _BASELINE_NAMES.get(name, name), "kind": "baseline", **per_task})
+      entries.append({"method": baseline_name(name), "kind": "baseline", **per_task})
   ablations = workdir / "ablations"
   if ablations.is_dir():
     for sub in sorted(p for p in ablations.iterdir() if p.is_dir()):
@@ -60,9 +67,17 @@ def _fmt(value) -> str:
   return f"{value:.4f}" if isinstance(value, (int, float)) else "–"
 
 
-def to_markdown(entries: list[dict], title: str = "Results") -> str:
-  """One Markdown table per task and protocol: HR@1/5/10, NDCG@5/10, examples."""
-  lines = [f"# {title}", ""]
+def cell(m: Mapping, key: str) -> str:
+  """`value ± standard error` (4 decimals), or the value alone when it has no error."""
+  se = m.get(f"{key}_se")
+  return _fmt(m.get(key)) + (f" ± {se:.4f}" if isinstance(se, (int, float)) else "")
+
+
+def to_markdown(entries: list[dict], title: str = "Results", tests: Mapping | None = None,
+                agreement: Mapping | None = None) -> str:
+  """One Markdown table per task and protocol: HR@1/5/10, NDCG@5/10 (± standard error
+  over rows), examples; then GenSAR's paired tests and beam/exact agreement if given."""
+  lines = [f"# {title}", "", "Metrics are means over test rows ± their standard error.", ""]
   for task in schema.TASKS:
     for protocol in PROTOCOLS:
       rows = [e for e in entries if protocol in e.get(task, {})]
@@ -75,7 +90,24 @@ def to_markdown(entries: list[dict], title: str = "Results") -> str:
       for e in rows:
         m = e[task][protocol]
         lines.append(f"| {e['method']} | "
-                     + " | ".join(_fmt(m.get(k)) for k in metrics_lib.METRIC_KEYS)
+                     + " | ".join(cell(m, k) for k in metrics_lib.METRIC_KEYS)
                      + f" | {m.get('count', '–')} |")
       lines.append("")
+  if tests:
+    lines += ["## GenSAR vs the best baseline (paired t-test on NDCG@10, same rows)", "",
+              "| task | protocol | baseline | GenSAR − baseline | p |", "|---|---|---|---|---|"]
+    for task, per_mode in tests.items():
+      for mode, t in per_mode.items():
+        name = baseline_name(t["versus"])
+        lines.append(f"| {task} | {mode} | {name} | {t['mean_diff']:+.4f} ± "
+                     f"{t['se_diff']:.4f} | {t['p']:.2g} |")
+    lines.append("")
+  if agreement:
+    lines += ["## Beam search vs exact ranking (100 candidates)", "",
+              "| task | beam top 10 = exact top 10 | same top 1 | same target rank |",
+              "|---|---|---|---|"]
+    for task, a in agreement.items():
+      lines.append(f"| {task} | {a['top10_equal']:.3f} | {a['top1_equal']:.3f} | "
+                   f"{a['same_rank']:.3f} |")
+    lines.append("")
   return "\n".join(lines)

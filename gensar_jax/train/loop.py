@@ -1,6 +1,7 @@
 """The trainer: a function of (config, directory, model, data), resumable (DESIGN §5).
 
-`train` runs `config.train.epochs` passes over the task mixture with one jitted step
+`train` runs `config.train.epochs` passes over the task mixture (or until
+`config.train.max_minutes` of wall-clock time are spent) with one jitted step
 per global batch on a 1-D mesh over every device, saves Orbax checkpoints every
 `checkpoint_every_steps` and at every validation, resumes from the newest one
 (continuing at step N+1 with the same next batch), validates every
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import pathlib
 import signal
 import threading
@@ -84,6 +86,9 @@ class TrainResult:
   best_validation: dict | None
   examples_per_s: float | None
   resumed_from: int | None
+  minutes: float | None = None
+  budget_hit: bool = False
+  step_fraction: float | None = None  # Of this session's wall time, the part in steps.
   params: Any = dataclasses.field(repr=False, default=None)
 
   def summary(self) -> dict:
@@ -134,6 +139,7 @@ def train(
         src, tgt, tc.batch_size, tc.grad_accum_steps, seed, epoch, pidx, pcount)
 
   max_steps = int(tc.get("max_steps", 0) or 0)
+  budget_s = float(tc.get("max_minutes", 0) or 0) * 60.0
   ckpt = ckpt_lib.Checkpointer(train_dir, tc.max_to_keep)
   resume_step = ckpt.latest_step()
   meta: dict = {}
@@ -143,7 +149,8 @@ def train(
   if steps_per_epoch == 0:
     raise pipeline.PipelineError(
         f"an epoch has fewer examples than train.batch_size ({tc.batch_size})")
-  total_steps = steps_per_epoch * int(tc.epochs)
+  # A fractional number of epochs ends (and its schedule decays) partway through the last.
+  total_steps = max(1, int(round(steps_per_epoch * float(tc.epochs))))
   tx, schedule = step_lib.make_optimizer(tc, total_steps)
 
   abstract = jax.eval_shape(lambda p: step_lib.init_state(p, tx), init_params)
@@ -177,6 +184,10 @@ def train(
   best_val = meta.get("best_validation")
   loss_start = meta.get("loss_start")
   loss_end = meta.get("loss_end")
+  budget_hit = bool(meta.get("budget_hit", False))
+  # Wall-clock seconds of this training across resumes (steps, validation, saves).
+  t_start = time.time() - float(meta.get("elapsed_s", 0.0))
+  last_validated = meta.get("last_validated")
   if it_state is not None and it_state.get("next_index", 0) >= steps_per_epoch:
     epoch, it_state = epoch + 1, None
 
@@ -185,16 +196,20 @@ def train(
         "epoch": epoch_, "iterator": it_state_, "seed": seed,
         "best_score": best_score, "best_step": best_step, "best_validation": best_val,
         "loss_start": loss_start, "loss_end": loss_end,
+        "elapsed_s": time.time() - t_start, "budget_hit": budget_hit,
+        "last_validated": last_validated,
     }
 
   window: list = []  # (metrics on device, examples, src tokens, tgt tokens)
   t_window = time.time()
   rates: list[float] = []
+  step_s = 0.0  # Wall time between logging points (steps; not validation), this session.
+  t_session = time.time()
   bar = tqdm.tqdm(total=total_steps, initial=step, disable=not main_process,
                   desc="train", unit="step", dynamic_ncols=True)
-  stop = step >= total_steps or (max_steps and step >= max_steps)
+  stop = step >= total_steps or (max_steps and step >= max_steps) or budget_hit
   with sigterm_flag() as term:
-    while not stop and epoch < int(tc.epochs):
+    while not stop and epoch < math.ceil(float(tc.epochs)):
       eb = first if epoch == 0 else epoch_batches(epoch)
       it = eb.iterator(it_state)
       it_state = None
@@ -205,7 +220,11 @@ def train(
         window.append((metrics, tc.batch_size,
                        int((local["src"] != 0).sum()) * pcount, int((local["tgt"] != 0).sum()) * pcount))
         bar.update(1)
-        at_end = step == total_steps or (max_steps and step >= max_steps)
+        if budget_s and not budget_hit and time.time() - t_start >= budget_s:
+          budget_hit = True
+          logging.info("train.max_minutes (%.1f) spent at step %d: validating, saving, stopping",
+                       budget_s / 60, step)
+        at_end = step == total_steps or (max_steps and step >= max_steps) or budget_hit
         if step % tc.log_every_steps == 0 or at_end or step == 1:
           jax.block_until_ready(state.params)
           dt = max(time.time() - t_window, 1e-9)
@@ -227,6 +246,7 @@ def train(
             scalars["mfu"] = flops / dt / n_dev / peak
           if step > 1:
             rates.append(ex / dt)
+            step_s += dt
           if loss_start is None:
             loss_start = loss
           loss_end = loss
@@ -234,10 +254,14 @@ def train(
           bar.set_postfix(loss=f"{loss:.4f}")
           window, t_window = [], time.time()
         epoch_done = it.get_state()["next_index"] >= len(eb)
-        validate_now = (
-            validate is not None and epoch_done and (epoch + 1) % tc.eval_every_epochs == 0)
+        validate_now = validate is not None and (
+            (epoch_done and (epoch + 1) % tc.eval_every_epochs == 0)
+            or (at_end and last_validated != step))
         if validate_now:
           scores = validate(state.params, step)
+          last_validated = step
+          scores.update(minutes=(time.time() - t_start) / 60.0, epoch=epoch + (
+              it.get_state()["next_index"] / len(eb)))
           log.write(step, "validation", scores)
           if best_score is None or scores["score"] > best_score:
             best_score, best_step, best_val = float(scores["score"]), step, dict(scores)
@@ -265,5 +289,8 @@ def train(
       steps=step, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
       loss_start=loss_start, loss_end=loss_end, best_score=best_score, best_step=best_step,
       best_validation=best_val, examples_per_s=float(np.mean(rates)) if rates else None,
-      resumed_from=resume_step, params=state.params,
+      resumed_from=resume_step, minutes=round((time.time() - t_start) / 60.0, 2),
+      budget_hit=budget_hit,
+      step_fraction=round(step_s / max(time.time() - t_session, 1e-9), 3),
+      params=state.params,
   )

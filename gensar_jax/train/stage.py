@@ -6,7 +6,10 @@ pseudo-queries. Builds (or, on resume, reloads) the tokenizer, writes everything
 decoding needs next to the checkpoints (`checkpoint.write_decoding_files`), and trains
 with `loop.train`. Validation decodes the last `train.eval_rows` validation rows of
 each task against their stored candidates with the eval stage's own code
-(`GenerativeRanker`); the best checkpoint is the best mean NDCG@5 over the tasks.
+(`GenerativeRanker`, ranking by `eval.rank` and `eval.score`, which the stage declares
+as inputs of its fingerprint); the best checkpoint is the best mean NDCG@5 over the
+tasks. `curve.json` / `curve.png` hold the validation curve against wall-clock minutes
+(the experiment harness: `train.max_minutes` gives runs an equal budget).
 """
 
 from __future__ import annotations
@@ -22,10 +25,14 @@ from gensar_jax import tasks as tasks_lib
 from gensar_jax.data import dataset
 from gensar_jax.data import schema
 from gensar_jax.evaluation import generative
+from gensar_jax.identifiers import build as id_build
 from gensar_jax.identifiers import table as id_table
+from gensar_jax.model import code_init
 from gensar_jax.model import t5 as t5_lib
 from gensar_jax.model import tokenizer as tok_lib
 from gensar_jax.train import checkpoint as ckpt_lib
+from gensar_jax.train import curve
+from gensar_jax.train import logging_utils
 from gensar_jax.train import loop
 from gensar_jax.train import sharding
 
@@ -39,7 +46,7 @@ def validate(config) -> None:
       (t.batch_size >= 1 and t.grad_accum_steps >= 1, "train.batch_size and grad_accum_steps must be >= 1"),
       (t.batch_size % t.grad_accum_steps == 0,
        f"train.batch_size ({t.batch_size}) must be a multiple of grad_accum_steps ({t.grad_accum_steps})"),
-      (t.epochs >= 1, "train.epochs must be >= 1"),
+      (t.epochs > 0, "train.epochs must be > 0 (fractions end partway through an epoch)"),
       (t.learning_rate > 0, "train.learning_rate must be positive"),
       (0 <= t.warmup_frac < 1, "train.warmup_frac must lie in [0, 1)"),
       (t.eval_every_epochs >= 1 and t.log_every_steps >= 1 and t.checkpoint_every_steps >= 1,
@@ -48,6 +55,8 @@ def validate(config) -> None:
       (config.tasks.max_source_len >= 8 and config.tasks.max_target_len >= 4,
        "tasks.max_source_len must be >= 8 and max_target_len >= 4"),
       (config.eval.beam_size >= 1, "eval.beam_size must be >= 1"),
+      (config.model.code_init in code_init.CODE_INITS,
+       f"model.code_init must be one of {code_init.CODE_INITS}"),
   ]
   for ok, message in checks:
     if not ok:
@@ -55,11 +64,11 @@ def validate(config) -> None:
   if config.data.demo:
     generative.check_beam(int(config.eval.beam_size), int(config.data.demo_items))
   try:
-    tasks_lib.check_counts(dict(config.tasks.counts))
+    shares = tasks_lib.check_shares(dict(config.tasks.shares))
   except ValueError as e:
     raise pipeline.PipelineError(f"config.tasks: {e}") from None
-  if all(int(c) == 0 for c in config.tasks.counts.values()):
-    raise pipeline.PipelineError("config.tasks.counts switches every task off")
+  if all(c == 0 for c in shares.values()):
+    raise pipeline.PipelineError("config.tasks.shares switches every task off")
 
 
 def load_pseudo_queries(config, ctx: pipeline.StageContext, item_ids: np.ndarray):
@@ -111,6 +120,20 @@ def make_model(config, vocab_size: int):
   return t5_lib.T5(t5_config), params
 
 
+def init_code_embeddings(config, params, tokenizer: tok_lib.Tokenizer, ids_dir):
+  """`config.model.code_init == "codebook"`: code-token rows from the quantizer's codebooks."""
+  if config.model.code_init == "random":
+    return params
+  with np.load(ids_dir / id_build.PARAMS_FILENAME, allow_pickle=False) as f:
+    codebooks = code_init.quantizer_codebooks({k: f[k] for k in f.files})
+  emb = params["params"]["shared"]["embedding"]
+  new = code_init.apply(np.asarray(emb), codebooks, tokenizer.level_offsets,
+                        int(config.seed) + _SEED_SALT)
+  params = jax.tree.map(lambda x: x, params)  # a new tree; the leaves are shared
+  params["params"]["shared"]["embedding"] = jax.numpy.asarray(new)
+  return params
+
+
 def run(config, ctx: pipeline.StageContext) -> dict:
   """Trains the model; returns the summary (steps, losses, best validation, speed)."""
   start = time.time()
@@ -124,6 +147,7 @@ def run(config, ctx: pipeline.StageContext) -> dict:
   train_rows = {t: dataset.load_rows(data_dir, t, "train") for t in schema.TASKS}
   tokenizer = make_tokenizer(config, ctx, builder, identifiers)
   model, params = make_model(config, tokenizer.vocab_size)
+  params = init_code_embeddings(config, params, tokenizer, ids_dir)
   if jax.process_index() == 0:
     ckpt_lib.write_decoding_files(ctx.dir, config, model.config, tokenizer, ids_dir)
   logging.info("train: vocabulary %d, %d parameters, epoch mixture %s", tokenizer.vocab_size,
@@ -134,7 +158,7 @@ def run(config, ctx: pipeline.StageContext) -> dict:
 
   def make_epoch(epoch: int):
     examples = builder.epoch_examples(train_rows, int(config.seed), epoch)
-    src = tokenizer.encode_batch([e.source for e in examples], tc.max_source_len)
+    src, _ = tokenizer.encode_prompts([e.source for e in examples], tc.max_source_len)
     tgt = tokenizer.encode_batch([e.target for e in examples], tc.max_target_len)
     return ([np.asarray(s, np.int32) for s in src], [np.asarray(t, np.int32) for t in tgt])
 
@@ -154,9 +178,10 @@ def run(config, ctx: pipeline.StageContext) -> dict:
     for task, rows in val_rows.items():
       if not len(rows["item"]):
         continue
-      m = ranker.evaluate(params, task, rows, modes=("sampled",),
+      m = ranker.evaluate(params, task, rows, modes=("sampled",), rank=config.eval.rank,
                           progress=f"validate {task}")["sampled"]
-      out[f"{task}/ndcg@5"], out[f"{task}/hr@10"] = m["ndcg@5"], m["hr@10"]
+      for key in ("ndcg@5", "ndcg@10", "hr@10"):
+        out[f"{task}/{key}"], out[f"{task}/{key}_se"] = m[key], m[f"{key}_se"]
       ndcg.append(m["ndcg@5"])
     out["score"] = float(np.mean(ndcg)) if ndcg else 0.0
     logging.info("validation at step %d: %s", step, {k: round(v, 4) for k, v in out.items()})
@@ -165,6 +190,8 @@ def run(config, ctx: pipeline.StageContext) -> dict:
   result = loop.train(config, ctx.dir, model=model, init_params=params, make_epoch=make_epoch,
                       validate=validate_fn if config.train.eval_rows != 0 else None, mesh=mesh)
   summary = result.summary()
+  if jax.process_index() == 0:
+    curve.write(ctx.dir, logging_utils.read_history(ctx.dir), summary)
   summary.update({
       "vocab_size": tokenizer.vocab_size,
       "parameters": int(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))),

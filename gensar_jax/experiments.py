@@ -1,0 +1,169 @@
+"""The recipe study's record: one small JSON per run, and the README's Experiments table.
+
+A study run is an ordinary pipeline run with a wall-clock budget
+(`--config.train.max_minutes`) that reuses the unchanged stages of a base run
+(`--config.reuse_from`). When it has finished (train at least; eval if run):
+
+  python -m gensar_jax.experiments record --workdir=RUN --name=NAME \
+      --note="what it shows" --out=experiments/office/NAME.json -- <the command>
+  python -m gensar_jax.experiments table experiments/office/*.json
+
+Repeating a run over seeds (each seed a workdir of its own, `--config.seed=N`):
+
+  python -m gensar_jax.experiments seeds RUN_seed1 RUN_seed2 RUN_seed3
+
+prints every test metric of GenSAR and the baselines as mean ± std over the seeds.
+
+`record` keeps the run's command and note, its training figures (steps, minutes, examples/s, fraction of wall time in the step loop), its
+validation curve (`train/curve.json`) and, if evaluated, its test NDCG@10 per task with
+standard errors and the paired test against the best baseline. `table` prints one
+Markdown row per record, in the order given.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+from collections.abc import Sequence
+
+from absl import app
+from absl import flags
+
+from gensar_jax.train import curve as curve_lib
+
+TASKS = ("recommendation", "search")
+
+
+def _read(path: pathlib.Path) -> dict | None:
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def record(workdir: str | pathlib.Path, name: str, command: str, note: str = "") -> dict:
+  """The study record of one finished run."""
+  workdir = pathlib.Path(workdir)
+  train = _read(workdir / "train" / "summary.json")
+  if train is None:
+    raise FileNotFoundError(f"{workdir} has no finished train stage")
+  curve = _read(workdir / "train" / curve_lib.CURVE_JSON) or {}
+  val = curve.get("validation", [])
+  out = {
+      "name": name, "command": command, "note": note,
+      "train": {k: train.get(k) for k in (
+          "steps", "total_steps", "minutes", "budget_hit", "examples_per_s", "loss_end",
+          "best_step", "epoch_examples", "parameters", "train_s", "step_fraction")},
+      "validation": [{k: v for k, v in p.items() if "/" in k or k in ("step", "minutes", "epoch")}
+                     for p in val],
+  }
+  best = train.get("best_validation") or {}
+  out["best_validation"] = {t: {"ndcg@10": best.get(f"{t}/ndcg@10"),
+                                "ndcg@10_se": best.get(f"{t}/ndcg@10_se")} for t in TASKS}
+  metrics = _read(workdir / "eval" / "metrics.json")
+  if metrics is not None:
+    test = {}
+    for t in TASKS:
+      test[t] = {mode: {k: metrics[t][mode][k] for k in ("ndcg@10", "ndcg@10_se", "hr@10")}
+                 for mode in ("sampled", "full", "sampled_beam") if mode in metrics[t]}
+      if "agreement" in metrics[t]:
+        test[t]["agreement"] = metrics[t]["agreement"]
+    out["test"] = test
+    out["tests"] = metrics.get("tests", {})
+    out["baselines"] = {b: {t: {m: {k: v[k] for k in ("ndcg@10", "ndcg@10_se")}
+                                for m, v in per_mode.items()}
+                            for t, per_mode in per_task.items()}
+                        for b, per_task in metrics.get("baselines", {}).items()}
+    out["settings"] = metrics.get("settings", {})
+  return out
+
+
+def _cell(m: dict | None) -> str:
+  if not m or m.get("ndcg@10") is None:
+    return "–"
+  se = m.get("ndcg@10_se")
+  return f"{m['ndcg@10']:.4f} ± {se:.4f}" if se is not None else f"{m['ndcg@10']:.4f}"
+
+
+def table(records: Sequence[dict]) -> str:
+  """Markdown rows: run, minutes, steps, validation and test NDCG@10 per task, note."""
+  lines = ["| run | train min | steps | ex/s | val rec | val search | test rec | test search | note |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for r in records:
+    t = r["train"]
+    test = r.get("test", {})
+    cells = [
+        f"`{r['name']}`", f"{t.get('minutes') or 0:.1f}", str(t.get("steps")),
+        f"{t.get('examples_per_s') or 0:.0f}",
+        _cell(r["best_validation"]["recommendation"]), _cell(r["best_validation"]["search"]),
+        _cell(test.get("recommendation", {}).get("sampled")),
+        _cell(test.get("search", {}).get("sampled")), r.get("note", ""),
+    ]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def seed_summary(metrics_list: Sequence[dict]) -> dict:
+  """{method: {task: {mode: {metric: (mean, std over runs)}}}} of eval metrics.json files."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  def methods(m):
+    out = {"gensar": {t: {mode: m[t][mode] for mode in ("sampled", "full") if mode in m[t]}
+                      for t in TASKS if t in m}}
+    out.update(m.get("baselines", {}))
+    return out
+
+  per_run = [methods(m) for m in metrics_list]
+  out: dict = {}
+  for method, per_task in per_run[0].items():
+    for task, per_mode in per_task.items():
+      for mode, first in per_mode.items():
+        for key in first:
+          if key.endswith("_se") or key == "count":
+            continue
+          vals = np.array([r[method][task][mode][key] for r in per_run], np.float64)
+          out.setdefault(method, {}).setdefault(task, {}).setdefault(mode, {})[key] = (
+              float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0)
+  return out
+
+
+def seeds_markdown(summary: dict, runs: int) -> str:
+  """NDCG@10 and HR@10, mean ± std over `runs` seeds, one row per method, task, mode."""
+  lines = [f"NDCG@10 and HR@10, mean ± std over {runs} seeds", "",
+           "| method | task | protocol | NDCG@10 | HR@10 |", "|---|---|---|---|---|"]
+  for method, per_task in summary.items():
+    for task, per_mode in per_task.items():
+      for mode, m in per_mode.items():
+        cells = [f"{m[k][0]:.4f} ± {m[k][1]:.4f}" for k in ("ndcg@10", "hr@10")]
+        lines.append(f"| {method} | {task} | {mode} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "record: the run's workdir.")
+flags.DEFINE_string("name", None, "record: the run's name.")
+flags.DEFINE_string("note", "", "record: one sentence on what the run shows.")
+flags.DEFINE_string("out", None, "record: where the JSON goes.")
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) < 2 or argv[1] not in ("record", "table", "seeds"):
+    raise app.UsageError("usage: python -m gensar_jax.experiments record|table|seeds ...")
+  if argv[1] == "seeds":
+    found = [json.loads((pathlib.Path(w) / "eval" / "metrics.json").read_text())
+             for w in argv[2:]]
+    print(seeds_markdown(seed_summary(found), len(found)))
+    return
+  if argv[1] == "record":
+    command = " ".join(argv[2:]).lstrip("- ").strip()
+    rec = record(FLAGS.workdir, FLAGS.name, command, FLAGS.note)
+    text = json.dumps(rec, indent=1, sort_keys=True) + "\n"
+    if FLAGS.out:
+      pathlib.Path(FLAGS.out).parent.mkdir(parents=True, exist_ok=True)
+      pathlib.Path(FLAGS.out).write_text(text)
+    else:
+      sys.stdout.write(text)
+  else:
+    print(table([json.loads(pathlib.Path(p).read_text()) for p in argv[2:]]))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,44 @@
+"""The study record and table, and the mean ± std over seeds."""
+
+import json
+
+import numpy as np
+
+from gensar_jax import experiments
+
+
+def _metrics(v):
+  m = {"ndcg@10": v, "ndcg@10_se": 0.01, "hr@10": 2 * v, "count": 10}
+  return {"recommendation": {"sampled": m, "full": m}, "search": {"sampled": m},
+          "baselines": {"sasrec": {"recommendation": {"sampled": m}}}}
+
+
+def test_seed_summary_is_mean_and_sample_std():
+  s = experiments.seed_summary([_metrics(0.1), _metrics(0.2), _metrics(0.3)])
+  mean, std = s["gensar"]["recommendation"]["sampled"]["ndcg@10"]
+  np.testing.assert_allclose([mean, std], [0.2, 0.1])
+  assert "ndcg@10_se" not in s["gensar"]["search"]["sampled"]
+  np.testing.assert_allclose(s["sasrec"]["recommendation"]["sampled"]["hr@10"], [0.4, 0.2])
+  md = experiments.seeds_markdown(s, 3)
+  assert "| gensar | recommendation | sampled | 0.2000 ± 0.1000 | 0.4000 ± 0.2000 |" in md
+
+
+def test_record_reads_curve_summary_and_metrics(tmp_path):
+  (tmp_path / "train").mkdir()
+  (tmp_path / "eval").mkdir()
+  best = {"recommendation/ndcg@10": 0.3, "recommendation/ndcg@10_se": 0.02,
+          "search/ndcg@10": 0.4, "search/ndcg@10_se": 0.03}
+  (tmp_path / "train" / "summary.json").write_text(json.dumps(
+      {"steps": 50, "minutes": 2.5, "examples_per_s": 99.0, "best_validation": best}))
+  (tmp_path / "train" / "curve.json").write_text(json.dumps(
+      {"validation": [{"step": 50, "minutes": 2.4, "recommendation/ndcg@10": 0.3, "score": 1}]}))
+  metrics = _metrics(0.25)
+  metrics["tests"] = {"recommendation": {"sampled": {"p": 0.5}}}
+  (tmp_path / "eval" / "metrics.json").write_text(json.dumps(metrics))
+  rec = experiments.record(tmp_path, "base", "python -m gensar_jax.main ...", "a note")
+  assert rec["validation"] == [{"step": 50, "minutes": 2.4, "recommendation/ndcg@10": 0.3}]
+  assert rec["best_validation"]["search"] == {"ndcg@10": 0.4, "ndcg@10_se": 0.03}
+  assert rec["test"]["recommendation"]["sampled"]["ndcg@10"] == 0.25
+  row = experiments.table([rec]).splitlines()[-1]
+  assert row.startswith("| `base` | 2.5 | 50 | 99 | 0.3000 ± 0.0200 | 0.4000 ± 0.0300 |")
+  assert "0.2500 ± 0.0100" in row and row.endswith("a note |")
