@@ -45,6 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.distributed = False  # Call jax.distributed.initialize() (multi-host launches).
   c.ablation = ""  # Name of the ablation this run is (set by configs/ablation.py).
   c.reuse_from = ""  # Another workdir whose finished stages are reused when their fingerprints match.
+  c.xla_cache = True  # Keep compiled programs in <workdir>/.xla_cache (later stages and resumes reuse them).
 
   # ---------------------------------------------------------------- data (DESIGN §1)
   c.data = d = ml_collections.ConfigDict()
@@ -81,7 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   q.variant = "joint"  # "joint", "semantic" (only-semantic) or "collaborative" (only-collab).
   q.num_shared_levels = 2  # L_m: shared codebooks on [z_s; z_c].
   q.num_specific_levels = 2  # L_n: specific codebooks on each half.
-  q.codebook_size = 256  # K: codes per codebook.
+  q.codebook_size = 256 if paper else 32  # K: codes per codebook (cpu: 32 for catalogs of ~10^3-10^4 items).
   q.latent_dim = 64  # Width of [z_s; z_c] (each half is latent_dim // 2).
   q.hidden_dims = (512, 256, 128, 64)  # Encoder MLP hidden widths (decoders mirror them).
   q.commitment = 0.25  # alpha in mse(e, sg(r)) + alpha * mse(sg(e), r).
@@ -173,6 +174,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   r.batch_size = 8192 if paper else 64  # Global examples per optimizer step.
   r.grad_accum_steps = 32 if paper else 1  # Micro-batches per optimizer step.
   r.epochs = 200.0 if paper else 4.0  # Passes over the task mixture (a fraction ends partway; sets the schedule).
+  r.steps = 0 if paper else 1000  # Optimizer steps of the run, overriding epochs (0 = from epochs): equal compute on any dataset.
   r.grad_clip = 1.0  # Global gradient-norm clip.
   r.log_every_steps = 50  # Console/TensorBoard logging interval.
   r.checkpoint_every_steps = 1000 if paper else 200  # Orbax save interval.

@@ -14,6 +14,14 @@ Repeating a run over seeds (each seed a workdir of its own, `--config.seed=N`):
 
 prints every test metric of GenSAR and the baselines as mean ± std over the seeds.
 
+Scoring one checkpoint several ways (without touching the run's stages, whose best
+checkpoint was chosen under the run's own `eval` settings):
+
+  python -m gensar_jax.experiments rescore RUN --score=allowed [--rows=N]
+
+ranks the test rows' 100 candidates by beam search and exactly, and the whole catalog
+by beam search, under that scoring, and prints NDCG@10 ± s.e. per task.
+
 `record` keeps the run's command and note, its training figures (steps, minutes, examples/s, fraction of wall time in the step loop), its
 validation curve (`train/curve.json`) and, if evaluated, its test NDCG@10 per task with
 standard errors and the paired test against the best baseline. `table` prints one
@@ -137,16 +145,61 @@ def seeds_markdown(summary: dict, runs: int) -> str:
   return "\n".join(lines)
 
 
+def rescore(workdir: str | pathlib.Path, score: str, rows: int = 0) -> dict:
+  """GenSAR's test metrics of a run's best checkpoint under another scoring.
+
+  Returns:
+    {task: {"sampled_beam", "sampled_exact", "full": metrics, "agreement": {...}}}.
+  """
+  # pylint: disable=g-import-not-at-top
+  from gensar_jax import tasks as tasks_lib
+  from gensar_jax.data import dataset
+  from gensar_jax.evaluation import generative
+  from gensar_jax.evaluation import metrics as metrics_lib
+  from gensar_jax.model import t5 as t5_lib
+  from gensar_jax.train import checkpoint as ckpt_lib
+  # pylint: enable=g-import-not-at-top
+
+  workdir = pathlib.Path(workdir)
+  bundle = ckpt_lib.load_for_decoding(workdir / "train", "best")
+  catalog = dataset.load_catalog(workdir / "data")
+  cfg = bundle.config
+  builder = tasks_lib.TaskBuilder(catalog, bundle.identifiers, cfg.tasks)
+  ranker = generative.GenerativeRanker(
+      t5_lib.T5(bundle.t5_config), bundle.tokenizer, builder, beam_size=cfg.eval.beam_size,
+      batch_size=cfg.eval.batch_size, max_source_len=cfg.tasks.max_source_len, score=score)
+  out = {}
+  for task in TASKS:
+    test = dataset.load_rows(workdir / "data", task, "test")
+    if rows:
+      test = {k: v[:rows] for k, v in test.items()}
+    got = ranker.row_ranks(bundle.params, task, test, generative.MODES, "exact", compare=True)
+    out[task] = {m: metrics_lib.metrics_from_ranks(r) for m, r in got.items()
+                 if m in ("sampled_beam", "sampled_exact", "full")}
+    out[task]["agreement"] = got["agreement"]
+  return out
+
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "record: the run's workdir.")
 flags.DEFINE_string("name", None, "record: the run's name.")
 flags.DEFINE_string("note", "", "record: one sentence on what the run shows.")
 flags.DEFINE_string("out", None, "record: where the JSON goes.")
+flags.DEFINE_enum("score", "full", ("full", "allowed"), "rescore: the scoring.")
+flags.DEFINE_integer("rows", 0, "rescore: the first N test rows per task (0 = all).")
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) < 2 or argv[1] not in ("record", "table", "seeds"):
-    raise app.UsageError("usage: python -m gensar_jax.experiments record|table|seeds ...")
+  if len(argv) < 2 or argv[1] not in ("record", "table", "seeds", "rescore"):
+    raise app.UsageError("usage: python -m gensar_jax.experiments record|table|seeds|rescore ...")
+  if argv[1] == "rescore":
+    got = rescore(argv[2], FLAGS.score, FLAGS.rows)
+    print(f"score={FLAGS.score}: NDCG@10 ± s.e.")
+    for task, per_mode in got.items():
+      cells = [f"{m} {v['ndcg@10']:.4f} ± {v['ndcg@10_se']:.4f}" for m, v in per_mode.items()
+               if m != "agreement"]
+      print(f"  {task}: " + ", ".join(cells) + f"; agreement {per_mode['agreement']}")
+    return
   if argv[1] == "seeds":
     found = [json.loads((pathlib.Path(w) / "eval" / "metrics.json").read_text())
              for w in argv[2:]]

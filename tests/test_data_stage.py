@@ -66,7 +66,9 @@ def test_tiny_category_rows_are_exactly_as_worked_out(tmp_path):
   assert [s.tolist() for s in cat.rec_train_sequences] == [[0, 2], [1, 0, 2], [5]]
   rows = out.rows
   rec_test, src_test = rows["recommendation_test"], rows["search_test"]
-  assert rows["recommendation_train"]["item"].tolist() == [2, 2]
+  # U2's two t=10 reviews keep file order (I2, then I1), each review's rec event before its
+  # search event: R(I1) sees R(I2) and S(I2), so it is a training target.
+  assert rows["recommendation_train"]["item"].tolist() == [2, 0, 2]
   assert rows["recommendation_validation"]["item"].tolist() == [4, 3]
   assert rec_test["item"].tolist() == [1, 4] and rec_test["user"].tolist() == [0, 1]
   assert rec_test["time"].tolist() == [40, 40] and rec_test["query"].tolist() == [-1, -1]
@@ -79,9 +81,10 @@ def test_tiny_category_rows_are_exactly_as_worked_out(tmp_path):
   assert u2["history_kind"][1].tolist() == [R, S] + [P] * 8
   assert u2["history_item"][1].tolist() == [1, 1] + [-1] * 8
   assert u2["history_query"][1].tolist() == [-1, 2] + [-1] * 8
-  # U2's rec test (I5 at t=40): the I4 review has no search event.
-  assert rec_test["history_kind"][1].tolist() == [R, R, S, S, R, S, R, P, P, P]
-  assert rec_test["history_item"][1].tolist() == [1, 0, 1, 0, 2, 2, 3, -1, -1, -1]
+  # U2's rec test (I5 at t=40): reviews in order, each R then S; the I4 review has no
+  # search event.
+  assert rec_test["history_kind"][1].tolist() == [R, S, R, S, R, S, R, P, P, P]
+  assert rec_test["history_item"][1].tolist() == [1, 1, 0, 0, 2, 2, 3, -1, -1, -1]
   # Negatives (1 per row): U2 has reviewed everything but I6; U1 only misses I4 and I6.
   # BM25 for "office pen" finds I1 and I2; I2 is U1's positive.
   assert rec_test["negatives"][:, 0].tolist()[1] == 5
@@ -95,12 +98,12 @@ def test_tiny_category_rows_are_exactly_as_worked_out(tmp_path):
                             "search_events", "reviews", "query_source")} == {
       "users": 3, "items": 6, "items_with_text": 5, "queries": 3, "rec_events": 10,
       "search_events": 9, "reviews": 10, "query_source": "category_paths"}
-  assert s["rows"] == {"recommendation": {"train": 2, "validation": 2, "test": 2},
+  assert s["rows"] == {"recommendation": {"train": 3, "validation": 2, "test": 2},
                        "search": {"train": 2, "validation": 2, "test": 2}}
   assert s["skipped"] == {
       "item_without_query": 1, "item_without_text": 1, "meta_duplicate": 0,
       "meta_unreviewed": 0, "review_duplicate": 0, "review_without_query": 1,
-      "recommendation_target_without_history": 4,
+      "recommendation_target_without_history": 3,
       "recommendation_targets_of_dropped_users": 0,
       "recommendation_user_below_min_targets": 1,
       "search_target_without_history": 3, "search_targets_of_dropped_users": 0,

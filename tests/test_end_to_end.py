@@ -35,7 +35,7 @@ def tiny_config(**overrides):
   c.model.update(tiny)
   c.tasks.shares.update(nsip=1.0, nsqp=0.2, adhoc=0.2, desc2id=0.2, id2desc=0.2)
   c.tasks.max_source_len = 128
-  c.train.update(batch_size=16, epochs=1, eval_rows=16, log_every_steps=5,
+  c.train.update(batch_size=16, epochs=1, steps=0, eval_rows=16, log_every_steps=5,
                  checkpoint_every_steps=20)
   c.eval.update(beam_size=5, batch_size=8, max_examples=16)
   c.infer.example_requests = 3
@@ -103,9 +103,11 @@ def test_metrics_json_has_the_documented_shape(finished):
     assert np.all(np.isfinite(ranks[f"gensar/{task}/sampled_exact"]))
     assert ranks[f"gensar/{task}/sampled_exact"].max() <= 20
     test = metrics["tests"][task]["sampled"]
-    best = max(metrics["baselines"], key=lambda b: metrics["baselines"][b].get(task, {}).get(
-        "sampled", {}).get("ndcg@10", -1))
-    assert test["versus"] == best and 0.0 <= test["p"] <= 1.0 and test["count"] == 16
+    scores = {b: m[task]["sampled"]["ndcg@10"] for b, m in metrics["baselines"].items()
+              if task in m}
+    best = test["versus"]  # the best baseline (ties, e.g. both SASRec windows, are allowed)
+    assert scores[best] == max(scores.values())
+    assert 0.0 <= test["p"] <= 1.0 and test["count"] == 16
     np.testing.assert_allclose(
         test["mean_diff"],
         t["sampled"]["ndcg@10"] - metrics["baselines"][best][task]["sampled"]["ndcg@10"],

@@ -40,7 +40,7 @@ _CATALOG = flags.DEFINE_integer("catalog_items", 50_000, "Items of the shared ca
 _B1 = flags.DEFINE_integer("batches_b1", 10, "Timed batches at batch 1.")
 _B32 = flags.DEFINE_integer("batches_b32", 3, "Timed batches at batch 32 (each trie kind).")
 _BIG = flags.DEFINE_integer("big_batch", 32, "The large batch size.")
-_SCORE = flags.DEFINE_enum("score", "allowed", beam_search.SCORES, "Scores (see beam_search).")
+_SCORE = flags.DEFINE_enum("score", "full", beam_search.SCORES, "Scores (see beam_search; full is the default everywhere).")
 _ONLY = flags.DEFINE_list("only", ["b1", "b32", "catalog"], "Measurements to run.")
 _JSON = flags.DEFINE_string("json", "", "Write the figures here.")
 

@@ -129,6 +129,7 @@ def run(config, ctx: pipeline.StageContext) -> dict:
                          "exact_catalog": bool(v.exact_catalog)}
   pipeline.write_json_atomic(ctx.dir / METRICS_FILE, metrics)
   np.savez_compressed(ctx.dir / RANKS_FILE, **ranks)
+  print(summary_text(metrics, ctx.dir / METRICS_FILE), flush=True)
   return {
       "metrics": metrics,
       "examples": {t: int(len(r["item"])) for t, r in test_rows.items()},
@@ -136,6 +137,23 @@ def run(config, ctx: pipeline.StageContext) -> dict:
       "baselines_s": round(baseline_s, 2),
       "eval_s": round(time.time() - start, 2),
   }
+
+
+def summary_text(metrics: dict, path) -> str:
+  """NDCG@10 ± standard error of every method, per task and protocol, and the file."""
+  s = metrics["settings"]
+  lines = [f"eval (checkpoint step {s['checkpoint_step']}, score={s['score']}, "
+           f"rank={s['rank']}, beam {s['beam_size']}): NDCG@10 ± s.e."]
+  for task in schema.TASKS:
+    methods = {"GenSAR": metrics[task]}
+    methods.update({k: v[task] for k, v in metrics["baselines"].items() if task in v})
+    for mode in ("sampled", "full"):
+      cells = [f"{name} {m[mode]['ndcg@10']:.4f} ± {m[mode]['ndcg@10_se']:.4f}"
+               for name, m in methods.items() if mode in m]
+      if cells:
+        lines.append(f"  {task} {mode}: " + ", ".join(cells))
+  lines.append(f"  written to {path}")
+  return "\n".join(lines)
 
 
 def paired_tests(ranks: dict[str, np.ndarray], baseline_metrics: dict,

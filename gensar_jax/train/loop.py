@@ -149,8 +149,11 @@ def train(
   if steps_per_epoch == 0:
     raise pipeline.PipelineError(
         f"an epoch has fewer examples than train.batch_size ({tc.batch_size})")
-  # A fractional number of epochs ends (and its schedule decays) partway through the last.
-  total_steps = max(1, int(round(steps_per_epoch * float(tc.epochs))))
+  # A fractional number of epochs ends (and its schedule decays) partway through the last;
+  # `train.steps` fixes the optimizer steps instead (the same compute on any dataset).
+  fixed_steps = int(tc.get("steps", 0) or 0)
+  total_steps = fixed_steps or max(1, int(round(steps_per_epoch * float(tc.epochs))))
+  num_epochs = math.ceil(total_steps / steps_per_epoch)
   tx, schedule = step_lib.make_optimizer(tc, total_steps)
 
   abstract = jax.eval_shape(lambda p: step_lib.init_state(p, tx), init_params)
@@ -209,7 +212,7 @@ def train(
                   desc="train", unit="step", dynamic_ncols=True)
   stop = step >= total_steps or (max_steps and step >= max_steps) or budget_hit
   with sigterm_flag() as term:
-    while not stop and epoch < math.ceil(float(tc.epochs)):
+    while not stop and epoch < num_epochs:
       eb = first if epoch == 0 else epoch_batches(epoch)
       it = eb.iterator(it_state)
       it_state = None
