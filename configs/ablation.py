@@ -15,13 +15,16 @@ full run's report stage pick them up. Names:
   only_semantic            one RQ-VAE identifier from v_s, used for both tasks
   only_collaborative       one RQ-VAE identifier from v_c, used for both tasks
   lm1, lm2, lm3            L_m shared levels with L_n = 4 - L_m specific levels
-Other arguments (category, preset) are passed to configs/amazon.py.
+Other arguments (category, preset) are passed to configs/amazon.py. On the demo world,
+after the demo has run:
+
+  gensar --config=configs/ablation.py:name=no_behaviour_tokens,base=demo \
+      --config.reuse_from=/tmp/gensar_demo --workdir=/tmp/gensar_demo/ablations/no_behaviour_tokens
 """
 
-import importlib.util
-import pathlib
-
 import ml_collections
+
+from gensar_jax import config_files
 
 TASK_ABLATIONS = ("nrip", "nsqp", "nsip", "desc2id", "id2desc", "adhoc")
 NAMES = (
@@ -29,14 +32,6 @@ NAMES = (
     + tuple(f"no_{t}" for t in TASK_ABLATIONS)
     + ("only_semantic", "only_collaborative", "lm1", "lm2", "lm3")
 )
-
-
-def _amazon():
-  path = pathlib.Path(__file__).with_name("amazon.py")
-  spec = importlib.util.spec_from_file_location("gensar_configs_amazon", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def apply(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
@@ -60,10 +55,24 @@ def apply(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """The amazon config with one ablation applied; `arg` adds `name=...`."""
-  parts = [p for p in (arg or "").split(",") if p.strip()]
+  """The amazon (or demo) config with one ablation applied.
+
+  `arg`: `name=ABLATION`, optionally `base=demo` (the demo world's config), and the
+  amazon config's own arguments (category, preset) otherwise.
+  """
+  parts = [p.strip() for p in (arg or "").split(",") if p.strip()]
   names = [p.split("=", 1)[1] for p in parts if p.startswith("name=")]
   if len(names) != 1:
     raise ValueError(f"give exactly one name=... among {NAMES}")
-  rest = ",".join(p for p in parts if not p.startswith("name="))
-  return apply(_amazon().get_config(rest), names[0])
+  bases = [p.split("=", 1)[1] for p in parts if p.startswith("base=")] or ["amazon"]
+  if len(bases) != 1 or bases[0] not in ("amazon", "demo"):
+    raise ValueError(f"base must be amazon or demo, got {bases}")
+  rest = ",".join(p for p in parts if not p.startswith(("name=", "base=")))
+  if bases[0] == "demo":
+    if rest:
+      raise ValueError(f"base=demo takes no other arguments, got {rest!r}")
+    c = config_files.sibling(__file__, "demo").get_config()
+    c.stages = "all"  # Every stage but infer (the demo's example answers are its own).
+  else:
+    c = config_files.sibling(__file__, "amazon").get_config(rest)
+  return apply(c, names[0])

@@ -126,12 +126,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   gt.batch_size = 256 if paper else 32  # (item text, query) pairs per optimizer step.
   gt.grad_accum_steps = 1  # Micro-batches per optimizer step.
   gt.epochs = 20 if paper else 15  # Passes over the distinct training pairs.
+  gt.steps = 0  # Optimizer steps of the run, overriding epochs (0 = from epochs).
   gt.grad_clip = 1.0  # Global gradient-norm clip.
   gt.log_every_steps = 50  # Console/TensorBoard logging interval.
   gt.checkpoint_every_steps = 500  # Orbax save interval (resumable like the main model).
-  gt.eval_every_epochs = 1  # Unused (doc2query has no validation); kept for the trainer.
   gt.max_to_keep = 1  # Periodic checkpoints kept.
-  gt.max_steps = 0  # Stop after this many optimizer steps (0 = run every epoch).
+  gt.max_steps = 0  # Stop early after this many steps, schedule unchanged (0 = never; tests, debugging).
+  gt.max_minutes = 0.0  # Wall-clock budget of the step loop; save and stop when spent (0 = none).
 
   # ------------------------------------------------------- tokenizer / model (§5)
   c.tokenizer = t = ml_collections.ConfigDict()
@@ -181,7 +182,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   r.eval_every_epochs = 1  # Validation (NDCG@5 per task) interval.
   r.eval_rows = 10_000 if paper else 500  # Validation rows per task (the last ones).
   r.max_to_keep = 2  # Periodic checkpoints kept (the best is kept besides).
-  r.max_steps = 0  # Stop after this many optimizer steps (0 = run every epoch).
+  r.max_steps = 0  # Stop early after this many steps, schedule unchanged (0 = never; tests, debugging).
   r.max_minutes = 0.0  # Wall-clock budget of the step loop; validate, save and stop when spent (0 = none).
 
   # --------------------------------------------------------------- mesh (DESIGN §5)

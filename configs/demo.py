@@ -7,24 +7,15 @@ Generates a synthetic category (no real data ships with the project) into
 `preset=cpu` sizes shrunk further so the whole pipeline takes a few minutes on 2 cores.
 """
 
-import importlib.util
-import pathlib
-
 import ml_collections
 
-
-def _amazon():
-  path = pathlib.Path(__file__).with_name("amazon.py")
-  spec = importlib.util.spec_from_file_location("gensar_configs_amazon", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from gensar_jax import config_files
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The amazon config at `preset=cpu`, pointed at the generated demo world."""
   del arg
-  c = _amazon().get_config("category=Demo,preset=cpu")
+  c = config_files.sibling(__file__, "amazon").get_config("category=Demo,preset=cpu")
   c.stages = "data,embed,identifiers,doc2query,train,eval,report,infer"  # All, then answers.
   c.data.demo = True  # Generate the demo world (into <workdir>/raw when raw_dir is "").
   c.infer.example_requests = 3  # End by answering 1 recommendation and 2 search requests.

@@ -1,26 +1,64 @@
-"""Entry point: `python -m gensar_jax.main --config=configs/amazon.py --workdir=DIR`.
+"""Entry point: `gensar --config=configs/demo.py --workdir=DIR` (or `python -m gensar_jax.main`).
 
-Parses flags, initialises multi-host JAX when asked, and runs the pipeline stages
-named in `config.stages` (see `gensar_jax.pipeline`).
+Reads the config file and its `--config.section.field=value` overrides, initialises
+multi-host JAX when asked, and runs the pipeline stages named in `config.stages` (see
+`gensar_jax.pipeline`). User errors are one line on stderr; exit codes are listed in
+`gensar_jax.errors` (75: preempted, rerun to resume).
 """
 
+from __future__ import annotations
+
+import importlib
 import pathlib
+import sys
 
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
+from gensar_jax import config_files
+from gensar_jax import errors
 from gensar_jax import pipeline
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to an ml_collections config file.", lock_config=True
-)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for every stage's outputs.")
-flags.mark_flags_as_required(["config", "workdir"])
-
 
 XLA_CACHE = ".xla_cache"
+CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def _first_line(doc: str | None) -> str:
+  return (doc or "").strip().splitlines()[0] if (doc or "").strip() else ""
+
+
+def help_text() -> str:
+  """What `--help` prints: usage, the stages, the bundled configs, where the fields are."""
+  lines = [
+      "usage: gensar --config=CONFIG[:ARG] --workdir=DIR [--config.SECTION.FIELD=VALUE ...]",
+      "       gensar --config=CONFIG[:ARG] [--config.SECTION.FIELD=VALUE ...] --show_config",
+      "",
+      "Runs the GenSAR pipeline's stages in order; each writes DIR/<stage>/ and is skipped",
+      "when its config, code and inputs are unchanged.",
+      "",
+      "stages (--config.stages=all or a comma-separated list; 'all' leaves out infer):",
+  ]
+  for stage in pipeline.STAGES:
+    doc = _first_line(importlib.import_module(stage.module).__doc__)
+    reads = ", ".join(stage.inputs) or "raw files"
+    lines.append(f"  {stage.name:<12} {doc}  [reads: {reads}]")
+  lines += ["", f"configs (in {CONFIGS_DIR}):"]
+  for path in sorted(CONFIGS_DIR.glob("*.py")):
+    doc = _first_line(config_files.load_module(path).__doc__)
+    lines.append(f"  configs/{path.name:<12} {doc}")
+  lines += [
+      "",
+      "  configs/amazon.py takes category=NAME,preset=paper|cpu; configs/ablation.py takes",
+      "  name=ABLATION plus those.",
+      "",
+      "--show_config prints every field of the resolved config (section.field = value);",
+      "each field is commented in its config file. --workdir is required to run stages.",
+      "exit codes: 0 done, 1 error, 2 bad config or flags, 75 preempted (rerun to resume).",
+  ]
+  return "\n".join(lines)
 
 
 def enable_xla_cache(folder: pathlib.Path) -> None:
@@ -32,10 +70,25 @@ def enable_xla_cache(folder: pathlib.Path) -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  config = _CONFIG.value
+_OUTPUTS = (
+    ("report", "report/results.md", "results tables and plots"),
+    ("eval", "eval/metrics.json", "every metric with its standard error"),
+    ("train", "train/best", "best checkpoint (Orbax; train/ckpt: periodic)"),
+    ("infer", "infer/example_answers.jsonl", "the example answers printed above"),
+)
+
+
+def outputs_text(workdir: pathlib.Path) -> str:
+  """The closing lines of a run: where its main outputs are."""
+  lines = [f"outputs in {workdir}:"]
+  for _, rel, what in _OUTPUTS:
+    if (workdir / rel).exists():
+      lines.append(f"  {workdir / rel}  ({what})")
+  return "\n".join(lines)
+
+
+def _run(config) -> None:
+  """The absl main: runs the pipeline with `config` in `--workdir`."""
   if config.get("distributed", False):
     import jax  # pylint: disable=g-import-not-at-top
 
@@ -45,10 +98,42 @@ def main(argv):
     enable_xla_cache(pathlib.Path(_WORKDIR.value) / XLA_CACHE)
   try:
     pipeline.run(config, _WORKDIR.value)
-  except pipeline.PipelineError as e:
+    print(outputs_text(pathlib.Path(_WORKDIR.value)), flush=True)
+  except errors.Preempted as e:
+    print(f"preempted: {e}", file=sys.stderr, flush=True)
+    sys.exit(errors.PREEMPTED_EXIT_CODE)
+  except errors.PipelineError as e:
     # A user-facing error: one clear message, no traceback.
-    raise SystemExit(f"error: {e}") from None
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+  """Console entry point (`gensar`): parses the config, then runs absl with the rest."""
+  argv = list(sys.argv if argv is None else argv)
+  if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
+    print(help_text())
+    sys.exit(0)
+  show = "--show_config" in argv[1:]
+  argv = [a for a in argv if a != "--show_config"]
+  try:
+    spec, overrides, rest = config_files.split_argv(argv)
+    config = config_files.from_argv(spec, overrides)
+  except config_files.ConfigError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(errors.CONFIG_EXIT_CODE)
+  if show:
+    config_files.show(config)
+    sys.exit(0)
+  if not any(a == "--workdir" or a.startswith("--workdir=") for a in rest):
+    print("error: --workdir is required (the folder every stage writes into)", file=sys.stderr)
+    sys.exit(errors.CONFIG_EXIT_CODE)
+  app.run(lambda args: _run(config) if len(args) == 1 else _unexpected(args), argv=rest)
+
+
+def _unexpected(args: list[str]) -> None:
+  raise app.UsageError(f"unexpected arguments: {args[1:]} (flags look like --name=value)")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  main()

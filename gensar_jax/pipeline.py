@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
-import importlib.util
 import json
 import os
 import pathlib
@@ -25,9 +24,8 @@ from typing import Any
 from absl import logging
 import ml_collections
 
-
-class PipelineError(Exception):
-  """A user-facing error: bad config, bad input, missing upstream outputs."""
+from gensar_jax import file_digests
+from gensar_jax.errors import PipelineError  # Re-exported: stages raise pipeline.PipelineError.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +42,8 @@ class Stage:
     all_hosts: in a multi-host run, whether every process runs it (sharded work:
       training, decoding); otherwise process 0 runs it and the others wait for it.
     optional: inputs the stage can do without (it checks `has_input`).
+    refresh: rerun it, though not selected, when it has run in this workdir before and
+      one of its inputs was rebuilt by this invocation (the report follows eval).
   """
 
   name: str
@@ -53,6 +53,7 @@ class Stage:
   cached: bool = True
   all_hosts: bool = False
   optional: tuple[str, ...] = ()
+  refresh: bool = False
 
 
 STAGES: tuple[Stage, ...] = (
@@ -71,10 +72,12 @@ STAGES: tuple[Stage, ...] = (
         optional=("doc2query",),
     ),
     Stage(
-        "eval", "gensar_jax.evaluation.stage", ("data", "identifiers", "train", "embed"), ("eval",),
+        "eval", "gensar_jax.evaluation.stage", ("data", "identifiers", "train", "embed"),
+        ("eval", "embed.text_encoder_dir", "embed.max_text_len"),  # The dense baseline encodes.
         all_hosts=True,
     ),
-    Stage("report", "gensar_jax.report.stage", ("data", "identifiers", "eval"), ("report",), cached=False),
+    Stage("report", "gensar_jax.report.stage", ("data", "identifiers", "eval"), ("report",),
+          cached=False, refresh=True),
     Stage("infer", "gensar_jax.inference.stage", ("train",), ("infer",), cached=False, all_hosts=True),
 )
 _BY_NAME = {s.name: s for s in STAGES}
@@ -83,27 +86,21 @@ _DEFAULT_EXCLUDED = ("infer",)
 
 _STARTED = ".started"
 _DONE = ".done"
+_PARTS = ".fingerprint.json"  # What the last run's fingerprint hashed (to say why a stage reruns).
+DIGEST_CACHE = ".file_digests.json"  # SHA-256 of outside files by (path, size, mtime).
 SUMMARY = "summary.json"
-
-
-def available_stages() -> list[str]:
-  """Names of the stages whose modules exist in this installation, in order."""
-  return [s.name for s in STAGES if importlib.util.find_spec(s.module) is not None]
 
 
 def parse_stages(spec: str) -> list[str]:
   """Turns `config.stages` ("all" or "data,embed,...") into ordered stage names."""
   names = [n.strip() for n in spec.split(",") if n.strip()]
   if names in ([], ["all"]):
-    return [n for n in available_stages() if n not in _DEFAULT_EXCLUDED]
+    return [s.name for s in STAGES if s.name not in _DEFAULT_EXCLUDED]
   unknown = [n for n in names if n not in _BY_NAME]
   if unknown:
     raise PipelineError(
         f"unknown stage(s) {unknown} in config.stages; known: {[s.name for s in STAGES]}"
     )
-  missing = [n for n in names if n not in available_stages()]
-  if missing:
-    raise PipelineError(f"stage(s) {missing} are not implemented in this version")
   return [s.name for s in STAGES if s.name in names]
 
 
@@ -144,15 +141,20 @@ def _section(config: ml_collections.ConfigDict, key: str) -> Any:
   return value
 
 
-def fingerprint(config: ml_collections.ConfigDict, stage: Stage, workdir: pathlib.Path) -> str:
-  """Hash of the stage's code version, config sections, the seed and its inputs' fingerprints.
+def fingerprint_parts(config: ml_collections.ConfigDict, stage: Stage,
+                      workdir: pathlib.Path) -> dict[str, Any]:
+  """What a stage's fingerprint hashes: code version, config sections, seed, the
+  fingerprints of its input stages, and the digests of the outside files it reads.
 
-  A stage module may define `VERSION` (a string it changes whenever its outputs
-  change for the same config); outputs written by another version are not reused.
+  A stage module may define `VERSION` (a string it changes whenever its outputs change
+  for the same config); outputs written by another version are not reused. It may define
+  `external_files(config, workdir) -> [path]`: files or folders outside the workdir it
+  reads (raw data, model folders), whose size and content enter the fingerprint.
   """
+  module = importlib.import_module(stage.module)
   parts: dict[str, Any] = {
       "stage": stage.name,
-      "version": str(getattr(importlib.import_module(stage.module), "VERSION", "")),
+      "version": str(getattr(module, "VERSION", "")),
       "seed": config.get("seed"),
       "config": {k: _section(config, k) for k in stage.config_keys},
       "inputs": {},
@@ -160,8 +162,53 @@ def fingerprint(config: ml_collections.ConfigDict, stage: Stage, workdir: pathli
   for name in stage.inputs:
     done = workdir / name / _DONE
     parts["inputs"][name] = done.read_text().strip() if done.exists() else None
-  blob = json.dumps(parts, sort_keys=True, default=str)
-  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+  external = getattr(module, "external_files", None)
+  if external is not None:
+    cache = file_digests.DigestCache(workdir / DIGEST_CACHE if workdir.exists() else None)
+    parts["files"] = {str(p): cache.path(p) for p in external(config, workdir)}
+  return parts
+
+
+def fingerprint(config: ml_collections.ConfigDict, stage: Stage, workdir: pathlib.Path) -> str:
+  """Hash of `fingerprint_parts`: equal fingerprints mean reusable outputs."""
+  return _hash(fingerprint_parts(config, stage, workdir))
+
+
+def _hash(parts: dict[str, Any]) -> str:
+  return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+  """The dotted keys whose values differ between two fingerprint records."""
+  out = []
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key), new.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out.extend(changes(a, b, f"{prefix}{key}."))
+    elif a != b:
+      out.append(f"{prefix}{key}")
+  return out
+
+
+def _why(parts: dict[str, Any], record: pathlib.Path) -> str:
+  """Why a stage reruns, from the fingerprint record of its last run."""
+  if not record.exists():
+    return "no earlier outputs"
+  try:
+    old = json.loads(record.read_text())
+  except ValueError:
+    return "its earlier fingerprint record is unreadable"
+  said = []
+  for key in changes(old, parts):
+    if key.startswith("files."):
+      said.append(f"file {key[len('files.'):]} changed")
+    elif key.startswith("inputs."):
+      said.append(f"input stage {key[len('inputs.'):]} changed")
+    elif key == "version":
+      said.append("its code version changed")
+    else:
+      said.append(f"{key} changed")
+  return "; ".join(said) or "its earlier run did not finish"
 
 
 def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
@@ -283,7 +330,8 @@ def run_stage(config: ml_collections.ConfigDict, workdir: pathlib.Path, name: st
   """
   stage = _BY_NAME[name]
   ctx = StageContext(workdir, name)
-  fp = fingerprint(config, stage, workdir)
+  parts = fingerprint_parts(config, stage, workdir)
+  fp = _hash(parts)
   done, started = ctx.dir / _DONE, ctx.dir / _STARTED
   if stage.cached and done.exists() and done.read_text().strip() == fp:
     logging.info("stage %s: up to date (%s), skipped", name, fp)
@@ -301,14 +349,20 @@ def run_stage(config: ml_collections.ConfigDict, workdir: pathlib.Path, name: st
     _wait_for(started, fp, f"preparing stage {name}")
     module = importlib.import_module(stage.module)
     return dict(module.run(config, ctx) or {})
-  if ctx.dir.exists():
-    same_attempt = started.exists() and started.read_text().strip() == fp
-    if not same_attempt and stage.cached:
-      shutil.rmtree(ctx.dir)
+  same_attempt = started.exists() and started.read_text().strip() == fp
+  if not stage.cached:
+    why = "it runs every time"
+  elif same_attempt:
+    why = "resuming its unfinished run"
+  else:
+    why = _why(parts, ctx.dir / _PARTS)
+  if ctx.dir.exists() and not same_attempt and stage.cached:
+    shutil.rmtree(ctx.dir)
   ctx.dir.mkdir(parents=True, exist_ok=True)
   done.unlink(missing_ok=True)
+  write_json_atomic(ctx.dir / _PARTS, parts)
   write_text_atomic(started, fp + "\n")
-  logging.info("stage %s: running (%s)", name, fp)
+  logging.info("stage %s: running (%s): %s", name, fp, why)
   start = time.time()
   module = importlib.import_module(stage.module)
   summary = dict(module.run(config, ctx) or {})
@@ -330,4 +384,18 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
   workdir = pathlib.Path(workdir)
   check_inputs(config, workdir, names)
   workdir.mkdir(parents=True, exist_ok=True)
-  return {name: run_stage(config, workdir, name) for name in names}
+  before = {s.name: _done_text(workdir, s.name) for s in STAGES}
+  summaries = {name: run_stage(config, workdir, name) for name in names}
+  rebuilt = {n for n in names if _done_text(workdir, n) != before[n]}
+  for stage in STAGES:
+    if (stage.refresh and stage.name not in names and before[stage.name] is not None
+        and rebuilt & set(stage.inputs)):
+      logging.info("stage %s: refreshing its earlier outputs (%s changed)", stage.name,
+                   ", ".join(sorted(rebuilt & set(stage.inputs))))
+      summaries[stage.name] = run_stage(config, workdir, stage.name)
+  return summaries
+
+
+def _done_text(workdir: pathlib.Path, name: str) -> str | None:
+  done = workdir / name / _DONE
+  return done.read_text().strip() if done.exists() else None

@@ -10,6 +10,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pytest  # pylint: disable=g-import-not-at-top
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
 OFFICE_DIR = REPO.parent / "shared" / "data" / "amazon-office"
 
 
@@ -19,3 +20,10 @@ def office_dir() -> pathlib.Path:
   if not (OFFICE_DIR / "reviews_Office_Products_5.json.gz").exists():
     pytest.skip(f"real data not found at {OFFICE_DIR}")
   return OFFICE_DIR
+
+
+def load_config(name: str, arg: str | None = None):
+  """configs/<name>.py's get_config(arg), loaded as `gensar_jax.main` loads it."""
+  from gensar_jax import config_files  # pylint: disable=g-import-not-at-top
+
+  return config_files.load_module(CONFIGS / f"{name}.py").get_config(arg)

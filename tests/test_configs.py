@@ -1,18 +1,15 @@
 """Tests of the config files: argument parsing, presets, ablations, documented fields."""
 
-import importlib.util
 import re
 
 import pytest
 
+from gensar_jax import config_files
 from tests.conftest import REPO
 
 
 def _load(name):
-  spec = importlib.util.spec_from_file_location(f"cfg_{name}", REPO / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_files.load_module(REPO / "configs" / f"{name}.py")
 
 
 def test_presets_differ_in_size_and_parse_arguments():
@@ -55,3 +52,12 @@ def test_ablations_change_exactly_what_they_name():
     assert c.identifiers.num_shared_levels + c.identifiers.num_specific_levels == 4
   with pytest.raises(ValueError, match="unknown ablation"):
     ablation.get_config("name=no_everything")
+  # On the demo world: the demo's config with the one change (and no infer stage).
+  demo = _load("demo").get_config()
+  on_demo = ablation.get_config("name=no_nsip,base=demo")
+  assert on_demo.data.demo and on_demo.tasks.shares.nsip == 0 and on_demo.stages == "all"
+  on_demo.tasks.shares.nsip = demo.tasks.shares.nsip
+  on_demo.stages, on_demo.ablation = demo.stages, demo.ablation
+  assert on_demo.to_dict() == demo.to_dict()
+  with pytest.raises(ValueError, match="base"):
+    ablation.get_config("name=no_nsip,base=books")

@@ -1,7 +1,6 @@
 """Doc2query: training pairs from search_train only, learning, determinism, the stage's files."""
 
 import copy
-import importlib.util
 import json
 
 import numpy as np
@@ -14,7 +13,7 @@ from gensar_jax.doc2query import stage as d2q_stage
 from gensar_jax.model import t5 as t5_lib
 from gensar_jax.model import tokenizer as tok_lib
 from gensar_jax.train import loop
-from tests.conftest import REPO
+from tests.conftest import load_config
 
 # Planted mapping: an item's text holds one category word among filler; its query is
 # a fixed phrase of that category that shares no word with the text.
@@ -71,10 +70,7 @@ def _rows(pairs):
 
 
 def _config(**train):
-  spec = importlib.util.spec_from_file_location("amazon_cfg", REPO / "configs" / "amazon.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config("preset=cpu")
+  c = load_config("amazon", "preset=cpu")
   c.doc2query.update(vocab_size=300, max_text_len=16, max_query_len=8, generate_batch_size=32)
   c.doc2query.model.update(d_model=32, d_ff=64, num_encoder_layers=1, num_decoder_layers=1,
                            num_heads=2, d_kv=16, dropout_rate=0.0)

@@ -4,7 +4,6 @@ embed stage (both matrices, item order, summary, and no held-out interactions in
 
 import dataclasses
 import functools
-import importlib.util
 import json
 import math
 
@@ -19,15 +18,12 @@ from gensar_jax.embed import sasrec
 from gensar_jax.embed import stage as embed_stage
 from gensar_jax.evaluation import metrics
 from tests import test_embed_encoder
-from tests.conftest import REPO
+from tests.conftest import load_config
 
 
 def _demo_config():
-  """configs/demo.py's config (configs/ is not a package)."""
-  spec = importlib.util.spec_from_file_location("cfg_demo_embed", REPO / "configs" / "demo.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  """configs/demo.py's config."""
+  return load_config("demo")
 
 # ------------------------------------------------------------------ training arrays
 

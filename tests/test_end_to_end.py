@@ -1,6 +1,5 @@
 """Every stage on a tiny generated world, in one process, on 8 simulated devices."""
 
-import importlib.util
 import json
 
 import numpy as np
@@ -10,17 +9,14 @@ from gensar_jax import pipeline
 from gensar_jax.evaluation import metrics as metrics_lib
 from gensar_jax.inference import api
 from gensar_jax.inference import stage as infer_stage
-from tests.conftest import REPO
+from tests.conftest import load_config
 
 STAGES = "data,embed,identifiers,doc2query,train,eval,report,infer"
 
 
 def tiny_config(**overrides):
   """The demo config shrunk to a world of 80 users and 60 items and tiny models."""
-  spec = importlib.util.spec_from_file_location("demo_cfg", REPO / "configs" / "demo.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = load_config("demo")
   c.stages = STAGES
   c.data.demo_users, c.data.demo_items, c.data.num_negatives = 80, 60, 19
   c.embed.sasrec.update(epochs=2, hidden=16, batch_size=32)

@@ -11,7 +11,6 @@ import pytest
 
 from gensar_jax import pipeline
 from gensar_jax.identifiers import build
-from gensar_jax.identifiers import quantizer
 from gensar_jax.identifiers import resolve
 from gensar_jax.identifiers import stage
 from gensar_jax.identifiers import table

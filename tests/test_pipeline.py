@@ -1,6 +1,9 @@
 """Tests of the stage runner: stage parsing, caching by fingerprint, resume."""
 
 import json
+import logging
+import os
+import pathlib
 import sys
 import types
 
@@ -18,12 +21,10 @@ def _config(**data):
   return c
 
 
-def test_parse_stages_orders_and_rejects_unknown(monkeypatch):
-  monkeypatch.setattr(pipeline, "available_stages", lambda: ["data", "embed", "train"])
+def test_parse_stages_orders_and_rejects_unknown():
   assert pipeline.parse_stages("train, data") == ["data", "train"]
-  assert pipeline.parse_stages("all") == ["data", "embed", "train"]
-  with pytest.raises(pipeline.PipelineError, match="not implemented"):
-    pipeline.parse_stages("eval")
+  assert pipeline.parse_stages("all") == [
+      "data", "embed", "identifiers", "doc2query", "train", "eval", "report"]
   with pytest.raises(pipeline.PipelineError, match="unknown stage"):
     pipeline.parse_stages("data,bogus")
   assert pipeline.parse_stages(" data ") == ["data"]
@@ -40,10 +41,12 @@ def fake_data_stage(monkeypatch):
     return {"x": config.data.x}
 
   module.run = run
+  # The outside files it reads: config.data.raw (when set) or none.
+  module.external_files = lambda config, workdir: (
+      [pathlib.Path(config.data.raw)] if config.data.get("raw") else [])
   monkeypatch.setitem(sys.modules, "fake_stage", module)
   stage = pipeline.Stage("data", "fake_stage", (), ("data",))
   monkeypatch.setattr(pipeline, "_BY_NAME", {"data": stage})
-  monkeypatch.setattr(pipeline, "available_stages", lambda: ["data"])
   return calls
 
 
@@ -97,7 +100,6 @@ def test_stale_or_missing_inputs_are_refused_before_any_work(tmp_path, monkeypat
   b = pipeline.Stage("embed", "fake_b", ("data",), ("embed",))
   monkeypatch.setattr(pipeline, "STAGES", (a, b))
   monkeypatch.setattr(pipeline, "_BY_NAME", {"data": a, "embed": b})
-  monkeypatch.setattr(pipeline, "available_stages", lambda: ["data", "embed"])
   config = _config()
   config.embed = ml_collections.ConfigDict(dict(y=1))
   config.stages = "embed"
@@ -133,7 +135,6 @@ def test_a_stage_cut_off_midway_is_never_taken_as_done(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "fake_crash", module)
   stage = pipeline.Stage("data", "fake_crash", (), ("data",))
   monkeypatch.setattr(pipeline, "_BY_NAME", {"data": stage})
-  monkeypatch.setattr(pipeline, "available_stages", lambda: ["data"])
   with pytest.raises(KeyboardInterrupt):
     pipeline.run(_config(), tmp_path)
   assert not (tmp_path / "data" / ".done").exists()
@@ -143,4 +144,74 @@ def test_a_stage_cut_off_midway_is_never_taken_as_done(tmp_path, monkeypatch):
   assert (tmp_path / "data" / "part.txt").read_text() == "whole"
   assert (tmp_path / "data" / ".done").exists()
   pipeline.run(_config(x_extra=1), tmp_path)  # Another config: starts from an empty dir.
-  assert attempts[2] == [".started"]
+  assert attempts[2] == [".fingerprint.json", ".started"]
+
+
+def test_outside_file_changed_in_place_reruns_the_stage_and_says_why(tmp_path, fake_data_stage,
+                                                                     caplog):
+  raw = tmp_path / "reviews.json"
+  raw.write_text("abc\n")
+  config = _config(raw=str(raw))
+  pipeline.run(config, tmp_path / "work")
+  pipeline.run(config, tmp_path / "work")
+  assert fake_data_stage == [1]  # Unchanged file: skipped.
+  # Same name, same size, same modification time, other content: the hash sees it.
+  stat = raw.stat()
+  raw.write_text("abd\n")
+  os.utime(raw, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+  with caplog.at_level(logging.INFO):
+    pipeline.run(config, tmp_path / "work")
+  assert fake_data_stage == [1, 1]
+  assert f"file {raw} changed" in caplog.text
+  # A config change is named too.
+  with caplog.at_level(logging.INFO):
+    pipeline.run(_config(raw=str(raw), x_extra=5), tmp_path / "work")
+  assert "config.data.x_extra changed" in caplog.text
+
+
+def test_file_digests_rehash_only_when_size_or_mtime_change(tmp_path, monkeypatch):
+  from gensar_jax import file_digests  # pylint: disable=g-import-not-at-top
+
+  path = tmp_path / "big.bin"
+  path.write_bytes(b"x" * 100)
+  cache = file_digests.DigestCache(tmp_path / "cache.json")
+  first = cache.file(path)
+  hashed = []
+  real = file_digests._sha256  # pylint: disable=protected-access
+  monkeypatch.setattr(file_digests, "_sha256", lambda p: hashed.append(p) or real(p))
+  again = file_digests.DigestCache(tmp_path / "cache.json")  # Read back from disk.
+  assert again.file(path) == first and hashed == []
+  path.write_bytes(b"y" * 101)
+  assert again.file(path) != first and len(hashed) == 1
+  folder = tmp_path / "enc"
+  folder.mkdir()
+  (folder / "a.txt").write_text("1")
+  before = again.path(folder)
+  (folder / "b.txt").write_text("2")
+  assert again.path(folder) != before
+  assert again.path(tmp_path / "absent") == "missing"
+
+
+def test_report_follows_an_eval_rerun_when_it_ran_before(tmp_path, monkeypatch):
+  ran = []
+  for name in ("fake_eval", "fake_report"):
+    module = types.ModuleType(name)
+    module.run = lambda config, ctx, name=name: ran.append(name) or {}
+    monkeypatch.setitem(sys.modules, name, module)
+  stages = (pipeline.Stage("eval", "fake_eval", (), ("data",)),
+            pipeline.Stage("report", "fake_report", ("eval",), (), cached=False, refresh=True))
+  monkeypatch.setattr(pipeline, "STAGES", stages)
+  monkeypatch.setattr(pipeline, "_BY_NAME", {s.name: s for s in stages})
+  config = _config()
+  config.stages = "eval"
+  pipeline.run(config, tmp_path)
+  assert ran == ["fake_eval"]  # No report yet: eval alone does not create one.
+  config.stages = "eval,report"
+  pipeline.run(config, tmp_path)
+  assert ran == ["fake_eval", "fake_report"]  # Eval unchanged (cached); the report always runs.
+  config = _config(beam=7)
+  config.stages = "eval"
+  pipeline.run(config, tmp_path)  # Eval rebuilt: the existing report follows.
+  assert ran == ["fake_eval", "fake_report", "fake_eval", "fake_report"]
+  pipeline.run(config, tmp_path)  # Nothing rebuilt: nothing runs.
+  assert ran == ["fake_eval", "fake_report", "fake_eval", "fake_report"]

@@ -1,6 +1,5 @@
 """The trainer: sharding equivalence, resume, learning a planted mapping, determinism."""
 
-import importlib.util
 import json
 import pathlib
 
@@ -12,16 +11,14 @@ from gensar_jax.model import t5 as t5_lib
 from gensar_jax.train import batches as batches_lib
 from gensar_jax.train import loop
 from gensar_jax.train import sharding
+from tests.conftest import load_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 VOCAB = 48
 
 
 def _config(**train):
-  spec = importlib.util.spec_from_file_location("amazon_cfg", REPO / "configs" / "amazon.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config("preset=cpu")
+  c = load_config("amazon", "preset=cpu")
   c.train.batch_size = 16
   c.train.grad_accum_steps = 1
   c.train.epochs = 2
@@ -35,6 +32,12 @@ def _config(**train):
   c.train.max_steps = 0
   c.train.update(train)
   return c
+
+
+def _train(c, train_dir, mesh=None, **kw):
+  """`loop.train` on config `c`'s train section, as the train stage calls it."""
+  return loop.train(c.train, train_dir, seed=c.seed, mesh=mesh or sharding.make_mesh("data"),
+                    shard_params=bool(c.mesh.shard_params), **kw)
 
 
 def _model(dropout=0.1):
@@ -78,7 +81,7 @@ def test_one_device_and_eight_devices_agree(tmp_path):
     c = _config(max_steps=3)
     c.mesh.shard_params = shard
     mesh = sharding.make_mesh("data", devices)
-    results[name] = loop.train(c, tmp_path / name, model=model, init_params=params,
+    results[name] = _train(c, tmp_path / name, model=model, init_params=params,
                                make_epoch=lambda e: data, mesh=mesh)
     assert results[name].steps == 3
   l1, l8, lf = (_train_losses(tmp_path / n) for n in ("one", "eight", "fsdp"))
@@ -107,12 +110,12 @@ def test_fsdp_rule_shards_the_largest_divisible_dimension():
 def test_resume_continues_with_the_same_batches_and_losses(tmp_path):
   model, params = _model()
   data = _planted(64)  # 4 steps per epoch, 8 steps in all
-  full = loop.train(_config(), tmp_path / "full", model=model, init_params=params,
+  full = _train(_config(), tmp_path / "full", model=model, init_params=params,
                     make_epoch=lambda e: data)
-  cut = loop.train(_config(max_steps=3), tmp_path / "cut", model=model, init_params=params,
+  cut = _train(_config(max_steps=3), tmp_path / "cut", model=model, init_params=params,
                    make_epoch=lambda e: data)
   assert cut.steps == 3
-  resumed = loop.train(_config(), tmp_path / "cut", model=model, init_params=params,
+  resumed = _train(_config(), tmp_path / "cut", model=model, init_params=params,
                        make_epoch=lambda e: data)
   assert resumed.resumed_from == 3 and resumed.steps == full.steps == 8
   lf, lr = _train_losses(tmp_path / "full"), _train_losses(tmp_path / "cut")
@@ -158,7 +161,7 @@ def test_tiny_model_learns_a_planted_identifier_mapping(tmp_path):
   data = _planted(256, seed=1)
   c = _config(batch_size=32, epochs=100, learning_rate=1e-2, log_every_steps=20,
               checkpoint_every_steps=10_000)
-  result = loop.train(c, tmp_path, model=model, init_params=params, make_epoch=lambda e: data)
+  result = _train(c, tmp_path, model=model, init_params=params, make_epoch=lambda e: data)
   assert result.loss_start > 2.0
   assert result.loss_end < 0.05
 
@@ -167,7 +170,7 @@ def test_same_seed_gives_identical_losses(tmp_path):
   model, params = _model()
   data = _planted(64, vary=True)
   for name in ("a", "b"):
-    loop.train(_config(max_steps=4), tmp_path / name, model=model, init_params=params,
+    _train(_config(max_steps=4), tmp_path / name, model=model, init_params=params,
                make_epoch=lambda e: data)
   assert _train_losses(tmp_path / "a") == _train_losses(tmp_path / "b")
 
@@ -176,10 +179,48 @@ def test_validation_keeps_the_best_checkpoint(tmp_path):
   model, params = _model()
   data = _planted(64)
   scores = iter([0.3, 0.1])  # epoch 1 is the best
-  result = loop.train(_config(), tmp_path, model=model, init_params=params,
+  result = _train(_config(), tmp_path, model=model, init_params=params,
                       make_epoch=lambda e: data,
                       validate=lambda p, step: {"score": next(scores), "val_loss": 1.0})
   assert result.best_score == 0.3 and result.best_step == 4
   assert sorted(int(p.name) for p in (tmp_path / "best").iterdir() if p.name.isdigit()) == [4]
   val = [r for r in _history(tmp_path) if r["kind"] == "validation"]
   assert [r["step"] for r in val] == [4, 8]
+
+
+def test_host_runs_at_most_max_in_flight_steps_ahead(tmp_path, monkeypatch):
+  """A preemption waits for the steps already queued: the loop keeps few of them.
+
+  Steps of a wider model on long sources take far longer than dispatching them, so
+  without the bound the host would queue many (checked: the same run with the bound
+  lifted does).
+  """
+  cfg = t5_lib.T5Config(vocab_size=VOCAB, d_model=256, d_ff=1024, num_encoder_layers=2,
+                        num_decoder_layers=2, num_heads=4, d_kv=64, dropout_rate=0.0)
+  model, params = t5_lib.T5(cfg), t5_lib.init_params(cfg, jax.random.key(0))
+  src, tgt = _planted(64)
+  data = ([np.concatenate([s[:-1], np.full(120, 2, np.int32), s[-1:]]) for s in src], tgt)
+  real = loop.step_lib.jit_train_step
+
+  def lead(name, bound):
+    queued, issued = [], []
+
+    def spy(*args, **kw):
+      step_fn = real(*args, **kw)
+
+      def wrapped(state, batch, rng):
+        queued.append(sum(not m["loss"].is_ready() for m in issued))
+        state, metrics = step_fn(state, batch, rng)
+        issued.append(metrics)
+        return state, metrics
+      return wrapped
+
+    monkeypatch.setattr(loop.step_lib, "jit_train_step", spy)
+    monkeypatch.setattr(loop, "MAX_IN_FLIGHT", bound)
+    _train(_config(steps=10, log_every_steps=1000, checkpoint_every_steps=1000), tmp_path / name,
+           mesh=sharding.make_mesh("data", jax.devices()[:1]), model=model, init_params=params,
+           make_epoch=lambda e: data)
+    return max(queued)
+
+  assert lead("bounded", 2) <= 2
+  assert lead("unbounded", 10**9) > 2

@@ -123,7 +123,6 @@ class TaskTargets:
 def task_targets(ev: Events, kind: int, max_rec: int, max_src: int,
                  min_targets: int) -> TaskTargets:
   """Histories, filters and leave-one-out for the targets of one kind."""
-  m = len(ev.kind)
   is_rec = ev.kind == schema.KIND_REC
   is_src = ev.kind == schema.KIND_SEARCH
   rec_pos = np.flatnonzero(is_rec)

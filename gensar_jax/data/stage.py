@@ -41,6 +41,15 @@ def params_of(config) -> process_lib.Params:
       bm25_top_k=d.bm25_top_k, seed=config.seed)
 
 
+def external_files(config, workdir: pathlib.Path) -> list[pathlib.Path]:
+  """The raw files this stage reads (none for the generated demo world: its config is)."""
+  if config.data.demo:
+    return []
+  files = raw.find_files(config.data.raw_dir, config.data.category)
+  return [p for p in (files.reviews, files.meta, files.query_text, files.train_qrels,
+                      files.test_qrels) if p is not None]
+
+
 def validate(config) -> None:
   """Checks the raw folder (unless the demo world will be generated)."""
   d = config.data

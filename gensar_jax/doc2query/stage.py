@@ -22,7 +22,6 @@ import time
 
 from absl import logging
 import jax
-import ml_collections
 import numpy as np
 
 from gensar_jax import pipeline
@@ -77,13 +76,6 @@ def load_pseudo_queries(d2q_dir, item_ids: np.ndarray) -> list[list[str]] | None
   return blob["queries"]
 
 
-def _sub_config(config) -> ml_collections.ConfigDict:
-  """What `loop.train` reads, with doc2query's own training section."""
-  return ml_collections.ConfigDict({
-      "train": config.doc2query.train.to_dict(), "mesh": config.mesh.to_dict(),
-      "seed": int(config.seed) + _SEED_SALT})
-
-
 def run(config, ctx: pipeline.StageContext) -> dict:
   """Trains doc2query and writes the pseudo-queries (or records that it is off)."""
   g = config.doc2query
@@ -116,9 +108,10 @@ def run(config, ctx: pipeline.StageContext) -> dict:
   tgt = [np.asarray(t, np.int32) for t in
          tokenizer.encode_batch([catalog.queries[q] for q in queries], g.max_query_len)]
   logging.info("doc2query: %d training pairs over %d items", len(items), len(set(items.tolist())))
-  result = loop.train(_sub_config(config), ctx.dir / TRAIN_DIR, model=model, init_params=params,
-                      make_epoch=lambda epoch: (src, tgt),
-                      mesh=sharding.make_mesh(config.mesh.data_axis))
+  result = loop.train(g.train, ctx.dir / TRAIN_DIR, model=model, init_params=params,
+                      make_epoch=lambda epoch: (src, tgt), seed=seed,
+                      mesh=sharding.make_mesh(config.mesh.data_axis),
+                      shard_params=bool(config.mesh.shard_params))
   train_s = time.time() - start
   t0 = time.time()
   pseudo = d2q.generate_queries(model, result.params, tokenizer, texts, cfg=g, seed=seed)

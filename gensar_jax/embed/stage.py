@@ -31,6 +31,12 @@ COLLABORATIVE = "collaborative.npy"
 ITEM_IDS = "item_ids.npy"
 
 
+def external_files(config, workdir: pathlib.Path) -> list[pathlib.Path]:
+  """The text encoder folder, when one is given (the bundled one is pinned by version)."""
+  del workdir
+  return [pathlib.Path(config.embed.text_encoder_dir)] if config.embed.text_encoder_dir else []
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks the embed section before any stage runs."""
   e = config.embed

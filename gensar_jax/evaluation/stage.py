@@ -24,6 +24,7 @@ baseline of each task and mode (by NDCG@10) by a paired t-test on the same rows.
 
 from __future__ import annotations
 
+import pathlib
 import time
 
 from absl import logging
@@ -44,6 +45,12 @@ from gensar_jax.train import sharding
 METRICS_FILE = "metrics.json"
 RANKS_FILE = "ranks.npz"
 
+
+
+def external_files(config, workdir) -> list[pathlib.Path]:
+  """The text encoder folder of the dense baseline, when one is given."""
+  del workdir
+  return [pathlib.Path(config.embed.text_encoder_dir)] if config.embed.text_encoder_dir else []
 
 def validate(config) -> None:
   """Checks the eval section."""

@@ -6,12 +6,22 @@
     model.search([[("rec", "I000123")]], ["stapler"], k=5)
 
 A history is a list of events in time order: `("rec", item_id)` or
-`("search", query, item_id)`. Like the training data, only the last
-`data.max_rec_his_len` recommendation events and the last `data.max_src_his_len`
-search sessions are used; longer histories are truncated (and the answer says so).
-Requests are decoded in batches with the jitted constrained beam search over the whole
-catalog, or over a caller-given candidate list, with exactly the prompts and decoder
-the eval stage uses, so an answer equals the evaluation ranking for the same history.
+`("search", query, item_id)`, item ids and queries as text. Like the training data,
+only the last `data.max_rec_his_len` recommendation events and the last
+`data.max_src_his_len` search sessions are used; a query keeps its first
+`tasks.max_query_tokens` words, and at most `QUERY_CHARS_PER_TOKEN` characters per
+encoder token (a bound on pathological queries only); a prompt longer than the
+encoder's `tasks.max_source_len` tokens loses its oldest history entries first.
+Whatever is cut is named in the answer's `notes`.
+
+Each batch call returns one `Answer` per request, in order. A request that cannot be
+answered (unknown item id, malformed event, empty query or candidate list) gets
+`Answer(hits=[], error="history entry 2: unknown item id 'X'")` and the others are
+still answered; only a problem of the whole call (bad `k`, lists of different
+lengths) raises `RequestError`. Requests are decoded in batches with the jitted
+constrained beam search over the whole catalog, or over a caller-given candidate list,
+with exactly the prompts and decoder the eval stage uses, so an answer equals the
+evaluation ranking for the same history.
 """
 
 from __future__ import annotations
@@ -30,9 +40,49 @@ from gensar_jax.model import t5 as t5_lib
 from gensar_jax.train import checkpoint as ckpt_lib
 from gensar_jax.train import sharding
 
+# A query (after its word limit) keeps at most this many characters per encoder token:
+# far above any real query, it bounds the tokenizer's work on a pathological one (a
+# 10 MB "word" would otherwise be tokenized several times, ~1 s per MB each).
+QUERY_CHARS_PER_TOKEN = 16
+
 
 class RequestError(ValueError):
-  """A request that cannot be answered (unknown item, no query, bad event)."""
+  """A request that cannot be answered (unknown item, no query, bad event or type).
+
+  Attributes:
+    field: the request field at fault ("history", "query", "candidates", "k", ...).
+  """
+
+  def __init__(self, message: str, field: str | None = None):
+    super().__init__(message)
+    self.field = field
+
+
+class _More:
+  def __repr__(self) -> str:
+    return "..."
+
+
+def show(value, limit: int = 80) -> str:
+  """A short one-line Python repr of a request value, numpy scalars as plain values
+  (`'I0001'`, never `np.str_('I0001')`); long lists and texts are cut with "..."."""
+
+  def plain(v, depth):
+    if isinstance(v, np.ndarray):
+      v = list(v[:9]) if v.ndim else v.item()
+    if isinstance(v, np.generic):
+      return v.item()
+    if isinstance(v, str):
+      return str(v[:limit])
+    if isinstance(v, (list, tuple)):
+      if depth > 3:
+        return _More()
+      items = [plain(x, depth + 1) for x in v[:8]] + ([_More()] if len(v) > 8 else [])
+      return items if isinstance(v, list) else tuple(items)
+    return v
+
+  text = repr(plain(value, 0))
+  return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,10 +96,26 @@ class Hit:
 
 @dataclasses.dataclass(frozen=True)
 class Answer:
-  """The top-k items of one request, best first, and any notes (e.g. truncation)."""
+  """The answer to one request.
+
+  Attributes:
+    hits: the top-k items, best first (empty when `error` is set).
+    notes: what was cut from the request before the model read it, e.g.
+      "query truncated to its first 64 of 900 words".
+    error: why the request could not be answered (None when it was).
+  """
 
   hits: list[Hit]
-  notes: list[str]
+  notes: list[str] = dataclasses.field(default_factory=list)
+  error: str | None = None
+
+  @property
+  def ok(self) -> bool:
+    return self.error is None
+
+
+def _keep_last(positions: list[int], n: int) -> list[int]:
+  return positions[max(0, len(positions) - n):]
 
 
 class GenSAR:
@@ -74,6 +140,7 @@ class GenSAR:
         t5_lib.T5(bundle.t5_config), bundle.tokenizer, self.builder,
         beam_size=beam_size or cfg.eval.beam_size, batch_size=batch_size or cfg.eval.batch_size,
         max_source_len=cfg.tasks.max_source_len, score=cfg.eval.score, mesh=mesh)
+    self.max_query_chars = QUERY_CHARS_PER_TOKEN * self.ranker.max_source_len
     self._index = {str(a): i for i, a in enumerate(catalog.item_ids)}
 
   @classmethod
@@ -99,52 +166,131 @@ class GenSAR:
     return self.ranker.beam_size
 
   # ------------------------------------------------------------------ requests
-  def item_index(self, item_id: str) -> int:
-    """The catalog index of an item id (RequestError when unknown)."""
+  def item_index(self, item_id: str, where: str | None = None) -> int:
+    """The catalog index of an item id; RequestError when it is unknown or not text
+    (its message starts with `where`, e.g. "history entry 2", when given)."""
+    field, at = (where.split()[0], f"{where}: ") if where else ("item", "")
+    if not isinstance(item_id, str):
+      raise RequestError(f"{at}an item id must be text, got {show(item_id)}", field)
     try:
       return self._index[str(item_id)]
     except KeyError:
-      raise RequestError(f"unknown item id {item_id!r}") from None
+      raise RequestError(f"{at}unknown item id {show(item_id)}", field) from None
+
+  def query_text(self, query: str, what: str, notes: list[str]) -> str:
+    """The query as the model reads it: its first `max_query_tokens` words, at most
+    `max_query_chars` characters; a note is added to `notes` for each cut."""
+    words = query.split()
+    limit = self.builder.max_query_words
+    if len(words) > limit:
+      notes.append(f"{what} truncated to its first {limit} of {len(words):,} words")
+      words = words[:limit]
+    text = " ".join(words)
+    if len(text) > self.max_query_chars:
+      notes.append(f"{what} truncated to its first {self.max_query_chars:,} of "
+                   f"{len(text):,} characters")
+      text = text[:self.max_query_chars]
+    return text
 
   def history_events(self, history: Sequence[Sequence]) -> tuple[list[tuple], list[str]]:
-    """Validates a history and keeps what the model reads; returns (events, notes)."""
+    """Validates a history and keeps what the model reads; returns (events, notes).
+
+    Raises RequestError naming the (1-based) history entry at fault.
+    """
+    if not isinstance(history, (list, tuple)):
+      raise RequestError(f"history must be a list of events, got {show(history)}", "history")
     events = []
-    for n, event in enumerate(history):
-      if not isinstance(event, (list, tuple)) or not event:
-        raise RequestError(f"history event {n} is not a list: {event!r}")
+    for n, event in enumerate(history, 1):
+      where = f"history entry {n}"
+      if not isinstance(event, (list, tuple)) or not event or not isinstance(event[0], str):
+        raise RequestError(f"{where} must be ['rec', item_id] or ['search', query, item_id], "
+                           f"got {show(event)}", "history")
       kind = event[0]
       if kind == "rec" and len(event) == 2:
-        events.append(("rec", self.item_index(event[1])))
+        events.append(("rec", self.item_index(event[1], where)))
       elif kind == "search" and len(event) == 3:
         if not isinstance(event[1], str) or not event[1].strip():
-          raise RequestError(f"history event {n}: the query must be non-empty text")
-        events.append(("search", event[1], self.item_index(event[2])))
+          raise RequestError(f"{where}: the query must be non-empty text, got {show(event[1])}",
+                             "history")
+        events.append(("search", event[1], self.item_index(event[2], where), n))
       else:
-        raise RequestError(f"history event {n} must be ['rec', item_id] or "
-                           f"['search', query, item_id], got {event!r}")
+        raise RequestError(f"{where} must be ['rec', item_id] or ['search', query, item_id], "
+                           f"got {show(event)}", "history")
     rec_at = [i for i, e in enumerate(events) if e[0] == "rec"]
     src_at = [i for i, e in enumerate(events) if e[0] == "search"]
-    keep = sorted(rec_at[-self.max_rec:] + src_at[-self.max_src:]) if events else []
+    keep = sorted(_keep_last(rec_at, self.max_rec) + _keep_last(src_at, self.max_src))
     notes = []
-    if len(keep) < len(events):
-      notes.append(f"history truncated to its last {self.max_rec} recommendation events and "
-                   f"last {self.max_src} searches ({len(events) - len(keep)} older events dropped)")
-    return [events[i] for i in keep], notes
+    cut = []
+    if len(rec_at) > self.max_rec:
+      cut.append(f"the last {self.max_rec} of {len(rec_at):,} recommendation events")
+    if len(src_at) > self.max_src:
+      cut.append(f"the last {self.max_src} of {len(src_at):,} searches")
+    if cut:
+      notes.append(f"history truncated to the model's window: kept {' and '.join(cut)}")
+    kept = []
+    for i in keep:
+      e = events[i]
+      if e[0] == "search":
+        e = ("search", self.query_text(e[1], f"history entry {e[3]}: query", notes), e[2])
+      kept.append(e)
+    return kept, notes
 
-  def _answer(self, task: str, prompts: list[str], k: int,
-              candidates: Sequence[Sequence[str] | None] | None) -> list[list[Hit]]:
+  def _prompt(self, task: str, history, query) -> tuple[object, list[str]]:
+    """The decoding prompt of one request and its notes (RequestError when it is bad)."""
+    events, notes = self.history_events(history)
+    text = None
+    if task == "search":
+      if not isinstance(query, str) or not query.strip():
+        raise RequestError(f"query must be non-empty text, got {show(query)}", "query")
+      text = self.query_text(query, "query", notes)
+    return self.builder.prompt(task, self.builder.history_entries(events), text), notes
+
+  def _candidates(self, candidates) -> list[int]:
+    if isinstance(candidates, np.ndarray) and candidates.ndim == 1:
+      candidates = candidates.tolist()
+    if not isinstance(candidates, (list, tuple)) or not candidates:
+      raise RequestError(f"candidates must be a non-empty list of item ids, got "
+                         f"{show(candidates)}", "candidates")
+    return [self.item_index(c, f"candidates entry {n}") for n, c in enumerate(candidates, 1)]
+
+  def _check_k(self, k) -> None:
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+      raise RequestError(f"k must be an integer, got {show(k)}", "k")
     if not 1 <= k <= self.beam_size:
-      raise RequestError(f"k must be between 1 and the beam size {self.beam_size}, got {k}")
+      raise RequestError(f"k must be between 1 and the beam size {self.beam_size}, got {int(k)}",
+                         "k")
+
+  def encoder_notes(self, prompts: Sequence) -> list[list[str]]:
+    """Per prompt, a note when it is longer than the encoder's `max_source_len` tokens
+    (the same cut the ranker makes: oldest history entries first)."""
+    limit = self.ranker.max_source_len
+    dropped = self.ranker.tokenizer.encode_prompts(prompts, limit)[1]
+    notes = []
+    for p, d in zip(prompts, dropped):
+      entries = len(getattr(p, "entries", ()))
+      if d > 0:
+        notes.append([f"prompt truncated to the encoder's {limit} tokens: dropped the oldest "
+                      f"{d} of {entries} history entries"])
+      elif d < 0:
+        notes.append([f"prompt truncated to the encoder's {limit} tokens: dropped all "
+                      f"{entries} history entries and cut its start (the model reads its "
+                      f"last {limit - 1} tokens)"])
+      else:
+        notes.append([])
+    return notes
+
+  def _answer(self, task: str, prompts: list, k: int,
+              candidates: Sequence[list[int] | None]) -> list[list[Hit]]:
+    """Top-k hits per prompt; `candidates[i]` is a list of item indices or None."""
     results: list[list[Hit] | None] = [None] * len(prompts)
-    given = [bool(candidates) and candidates[i] is not None for i in range(len(prompts))]
-    groups = {"full": [i for i, g in enumerate(given) if not g],
-              "sampled": [i for i, g in enumerate(given) if g]}
+    groups = {"full": [i for i, c in enumerate(candidates) if c is None],
+              "sampled": [i for i, c in enumerate(candidates) if c is not None]}
     for mode, idx in groups.items():
       if not idx:
         continue
       cands = None
       if mode == "sampled":
-        lists = [[self.item_index(c) for c in candidates[i]] for i in idx]
+        lists = [candidates[i] for i in idx]
         width = max(len(c) for c in lists)
         cands = np.full((len(idx), width), -1, np.int64)
         for r, c in enumerate(lists):
@@ -156,28 +302,64 @@ class GenSAR:
                       for it, s in zip(ranked[0][r][:k], ranked[1][r][:k]) if it >= 0]
     return results
 
+  def _batch(self, task: str, histories, queries, k,
+             candidates) -> list[Answer]:
+    """Answers a batch; a bad request gets an `Answer` with `error`, the rest are decoded."""
+    self._check_k(k)
+    if not isinstance(histories, (list, tuple)):
+      raise RequestError(f"histories must be a list (one history per request), got "
+                         f"{show(histories)}", "history")
+    n = len(histories)
+    if queries is not None and len(queries) != n:
+      raise RequestError(f"{len(queries)} queries for {n} histories", "query")
+    if candidates is not None and len(candidates) != n:
+      raise RequestError(f"{len(candidates)} candidate lists for {n} histories", "candidates")
+    prompts, notes, cands, errors = [None] * n, [[] for _ in range(n)], [None] * n, [None] * n
+    for i in range(n):
+      try:
+        prompts[i], notes[i] = self._prompt(task, histories[i],
+                                            None if queries is None else queries[i])
+        if candidates is not None and candidates[i] is not None:
+          cands[i] = self._candidates(candidates[i])
+      except RequestError as e:
+        errors[i] = str(e)
+    ok = [i for i in range(n) if errors[i] is None]
+    if ok:
+      for i, extra in zip(ok, self.encoder_notes([prompts[i] for i in ok])):
+        notes[i] = notes[i] + extra
+      hits = self._answer(task, [prompts[i] for i in ok], int(k), [cands[i] for i in ok])
+    out = [Answer([], [], errors[i]) for i in range(n)]
+    for i, h in zip(ok, hits if ok else []):
+      out[i] = Answer(h, notes[i])
+    return out
+
   def recommend(self, histories: Sequence[Sequence], k: int = 10,
                 candidates: Sequence[Sequence[str] | None] | None = None) -> list[Answer]:
-    """The next items for each history (RequestError on a bad request)."""
-    prepared = [self.history_events(h) for h in histories]
-    prompts = [self.builder.prompt("recommendation", self.builder.history_entries(ev))
-               for ev, _ in prepared]
-    hits = self._answer("recommendation", prompts, k, candidates)
-    return [Answer(h, notes) for h, (_, notes) in zip(hits, prepared)]
+    """The next items for each history, one `Answer` per history.
+
+    Args:
+      histories: one history (list of events) per request.
+      k: items per answer, 1 to the beam size.
+      candidates: optional, per request a list of item ids to rank (None: the catalog).
+
+    Returns:
+      An `Answer` per request; a bad request's has `error` set and no hits. Raises
+      RequestError only for a bad `k` or lists of different lengths.
+    """
+    return self._batch("recommendation", histories, None, k, candidates)
 
   def search(self, histories: Sequence[Sequence], queries: Sequence[str], k: int = 10,
              candidates: Sequence[Sequence[str] | None] | None = None) -> list[Answer]:
-    """The items each user will click for their query (RequestError on a bad request)."""
-    if len(queries) != len(histories):
-      raise RequestError(f"{len(queries)} queries for {len(histories)} histories")
-    for q in queries:
-      if not isinstance(q, str) or not q.strip():
-        raise RequestError("a search request needs a non-empty query")
-    prepared = [self.history_events(h) for h in histories]
-    prompts = [self.builder.prompt("search", self.builder.history_entries(ev), q.strip())
-               for (ev, _), q in zip(prepared, queries)]
-    hits = self._answer("search", prompts, k, candidates)
-    return [Answer(h, notes) for h, (_, notes) in zip(hits, prepared)]
+    """The items each user will click for their query, one `Answer` per request.
+
+    As `recommend`, with one query (non-empty text) per history.
+    """
+    if isinstance(queries, np.ndarray) and queries.ndim == 1:
+      queries = queries.tolist()
+    if not isinstance(queries, (list, tuple)):
+      raise RequestError(f"queries must be a list (one query per request), got {show(queries)}",
+                         "query")
+    return self._batch("search", histories, queries, k, candidates)
 
 
 def check_workdir(workdir: pathlib.Path) -> None:

@@ -3,13 +3,29 @@
   python -m gensar_jax.main --config=... --workdir=DIR --config.stages=infer \\
       --config.infer.requests=requests.jsonl --config.infer.output=answers.jsonl
 
-One request a line:
+One request a line (UTF-8, a byte-order mark is ignored; lines end with "\\n" or "\\r\\n"):
   {"id": "r1", "task": "recommend", "history": [["rec", ITEM], ["search", "gel pen", ITEM]],
-   "k": 10, "candidates": [ITEM, ...]}                 (k and candidates optional)
+   "k": 10, "candidates": [ITEM, ...]}                 (id, history, k, candidates optional)
   {"id": "r2", "task": "search", "query": "stapler", "history": [...]}
-One answer a line, in request order:
-  {"id": "r1", "items": [{"item_id", "title", "score"}, ...], "notes": [...]}
-  {"id": "r3", "error": "unknown item id 'X'"}        (the other lines are still answered)
+Fields and their types are checked strictly: `task` is "recommend" or "search"; `id` a
+string, an integer or null; `history` a list of `["rec", ITEM]` / `["search", QUERY,
+ITEM]` events; `query` (search requests only) non-empty text; `k` an integer from 1 to
+the beam size (`true`, `2.5`, `"3"` are refused; without `k`, `config.infer.k`, lowered
+to the beam size with a note when larger); `candidates` a non-empty list of item ids.
+A field given as null counts as absent; an unknown or repeated field is an error.
+
+Blank lines (empty or whitespace only) are skipped. Every other line gets one answer
+line, in file order, carrying `line`, the request's 1-based line number in the file
+(blank lines count, so it is the number an editor shows):
+  {"id": "r1", "line": 1, "items": [{"item_id", "title", "score"}, ...], "notes": [...]}
+  {"id": "r3", "line": 4, "error": "line 4: history entry 2: unknown item id 'X'",
+   "field": "history"}
+A bad line gets a one-line `error` naming the line and the field at fault (`field`:
+"json", "task", "id", "history", "query", "k", "candidates", or an unknown field's name;
+`id` is null unless the line had a valid one); the other lines are still answered.
+`notes` says what was cut before the model read the request (a history longer than the
+model's window, a query over its word or character limit, a prompt longer than the
+encoder), e.g. "query truncated to its first 64 of 900 words".
 Valid requests are answered in batches (grouped by task) with a progress bar. Without a
 request file, `config.infer.example_requests` example requests built from the test split
 are answered and printed (the demo does this).
@@ -30,6 +46,7 @@ from gensar_jax.data import schema
 from gensar_jax.inference import api
 
 TASKS = {"recommend": "recommendation", "search": "search"}
+FIELDS = ("id", "task", "history", "query", "k", "candidates")
 _CHUNK = 256  # Requests handed to the model at once (it batches them further).
 
 
@@ -48,54 +65,134 @@ def validate(config) -> None:
     raise pipeline.PipelineError("config.infer.k must be >= 1")
 
 
-def parse_request(line: str, model: api.GenSAR, default_k: int) -> dict:
-  """Checks one JSONL line; returns the request or raises RequestError naming the problem."""
+def read_request_lines(path) -> list[str]:
+  """The lines of a request file, split at "\\n" only (a "\\r" before it is dropped), so
+  list index + 1 is the line number an editor shows; U+2028 and other characters that
+  `str.splitlines` would split at stay inside their JSON string. A UTF-8 byte-order
+  mark is ignored; undecodable bytes become U+FFFD."""
+  text = pathlib.Path(path).read_text(encoding="utf-8-sig", errors="replace")
+  lines = text.split("\n")
+  if lines and lines[-1] == "":
+    lines.pop()  # The file's final newline ends the last line; it starts none.
+  return [l[:-1] if l.endswith("\r") else l for l in lines]
+
+
+def _show(value, limit: int = 60) -> str:
+  """A JSON value as JSON (`true`, `2.5`, `"3"`), long texts and lists cut, one short line."""
+
+  def prune(v, depth):
+    if isinstance(v, str):
+      return v[:limit]
+    if isinstance(v, list):
+      return [prune(x, depth + 1) for x in v[:8]] + (["..."] if len(v) > 8 else []) \
+          if depth < 4 else "..."
+    if isinstance(v, dict):
+      return {str(k)[:limit]: prune(x, depth + 1) for k, x in list(v.items())[:8]} \
+          if depth < 4 else "..."
+    return v
+
   try:
-    req = json.loads(line)
-  except ValueError as e:
-    raise api.RequestError(f"malformed JSON: {e}") from None
+    text = json.dumps(prune(value, 0), ensure_ascii=False)
+  except (TypeError, ValueError):
+    text = api.show(value, limit)
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _no_repeats(pairs):
+  out = {}
+  for key, value in pairs:
+    if key in out:
+      raise api.RequestError(f"field {_show(key)} appears twice", key)
+    out[key] = value
+  return out
+
+
+def load_request(line: str) -> dict:
+  """The JSON object of one line (RequestError when it is not one)."""
+  try:
+    req = json.loads(line, object_pairs_hook=_no_repeats)
+  except json.JSONDecodeError as e:
+    raise api.RequestError(f"malformed JSON at column {e.colno}: {e.msg}", "json") from None
+  except RecursionError:
+    raise api.RequestError("malformed JSON: nested too deeply", "json") from None
   if not isinstance(req, dict):
-    raise api.RequestError("a request must be a JSON object")
+    raise api.RequestError(f"a request must be a JSON object, got {_show(req)}", "json")
+  return req
+
+
+def request_id(req: dict):
+  """The request's `id` when it is a valid one, else None (to label an error answer)."""
+  rid = req.get("id")
+  return rid if isinstance(rid, str) or (isinstance(rid, int) and not isinstance(rid, bool)) \
+      else None
+
+
+def check_request(req: dict, model: api.GenSAR, default_k: int) -> dict:
+  """Checks one request's fields and types; returns it normalised (with `notes`) or raises
+  RequestError naming the field."""
+  unknown = [f for f in req if f not in FIELDS]
+  if unknown:
+    raise api.RequestError(f"unknown field {_show(unknown[0])} (a request has: "
+                           f"{', '.join(FIELDS)})", unknown[0])
+  req = {f: v for f, v in req.items() if v is not None}  # null = absent
+  rid = req.get("id")
+  if rid is not None and request_id(req) is None:
+    raise api.RequestError(f"id must be a string or an integer, got {_show(rid)}", "id")
   task = req.get("task")
-  if task not in TASKS:
-    raise api.RequestError(f"task must be one of {sorted(TASKS)}, got {task!r}")
+  if not isinstance(task, str) or task not in TASKS:
+    raise api.RequestError(f"task must be one of {', '.join(map(json.dumps, TASKS))}, got "
+                           f"{_show(task) if 'task' in req else 'none'}", "task")
   history = req.get("history", [])
   if not isinstance(history, list):
-    raise api.RequestError("history must be a list of events")
-  events, notes = model.history_events(history)
+    raise api.RequestError(f"history must be a list of events, got {_show(history)}",
+                           "history")
   query = req.get("query")
   if task == "search":
     if not isinstance(query, str) or not query.strip():
-      raise api.RequestError("a search request needs a non-empty 'query'")
-  k = req.get("k", default_k)
-  if not isinstance(k, int) or not 1 <= k <= model.beam_size:
-    raise api.RequestError(f"k must be an integer between 1 and the beam size {model.beam_size}")
+      raise api.RequestError("a search request needs a non-empty 'query' (text), got "
+                             f"{_show(query) if 'query' in req else 'none'}", "query")
+  elif query is not None:
+    raise api.RequestError("query is only for search requests (task \"search\")", "query")
+  notes = []
+  if "k" in req:
+    k = req["k"]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= model.beam_size:
+      raise api.RequestError(f"k must be an integer from 1 to the beam size {model.beam_size}, "
+                             f"got {_show(k)}", "k")
+  else:
+    k = min(int(default_k), model.beam_size)
+    if k < default_k:
+      notes.append(f"k lowered to the beam size {model.beam_size} (config.infer.k is "
+                   f"{default_k})")
   candidates = req.get("candidates")
   if candidates is not None:
     if not isinstance(candidates, list) or not candidates:
-      raise api.RequestError("candidates must be a non-empty list of item ids")
-    for c in candidates:
-      model.item_index(c)
-  return {"id": req.get("id"), "task": task, "history": history, "query": query, "k": k,
-          "candidates": candidates, "notes": notes, "events": events}
+      raise api.RequestError(f"candidates must be a non-empty list of item ids, got "
+                             f"{_show(candidates)}", "candidates")
+    for n, c in enumerate(candidates, 1):
+      model.item_index(c, f"candidates entry {n}")
+  model.history_events(history)  # Raises naming the bad history entry.
+  return {"id": rid, "task": task, "history": history, "query": query, "k": k,
+          "candidates": candidates, "notes": notes}
 
 
 def answer_requests(model: api.GenSAR, lines: list[str], default_k: int,
                     progress: bool = True) -> list[dict]:
-  """Answers JSONL request lines; bad lines get an `error` answer, the rest are decoded."""
-  out: list[dict | None] = [None] * len(lines)
+  """Answers JSONL request lines: one answer per non-blank line, in order, each with its
+  1-based `line` (blank and whitespace-only lines are skipped but counted). A bad line
+  gets an `error` answer naming the line and the field; the rest are decoded."""
+  out: dict[int, dict] = {}
   valid: dict[str, list[tuple[int, dict]]] = {t: [] for t in TASKS}
-  for n, line in enumerate(lines):
+  for n, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    req = None
     try:
-      req = parse_request(line, model, default_k)
-      valid[req["task"]].append((n, req))
+      req = load_request(line)
+      checked = check_request(req, model, default_k)
+      valid[checked["task"]].append((n, checked))
     except api.RequestError as e:
-      rid = None
-      try:
-        rid = json.loads(line).get("id")
-      except (ValueError, AttributeError):
-        pass
-      out[n] = {"id": rid, "line": n + 1, "error": str(e)}
+      out[n] = _error(req, n, e)
   bar = tqdm.tqdm(total=sum(len(v) for v in valid.values()), desc="infer", unit="req",
                   disable=not progress, dynamic_ncols=True)
   for task, items in valid.items():
@@ -110,12 +207,21 @@ def answer_requests(model: api.GenSAR, lines: list[str], default_k: int,
       else:
         answers = model.search(histories, [r["query"] for r in reqs], k, cands)
       for (n, r), a in zip(chunk, answers):
-        out[n] = {"id": r["id"], "items": [
+        if a.error is not None:  # Checked above, so not expected; reported all the same.
+          out[n] = _error(r, n, api.RequestError(a.error, "request"))
+          continue
+        out[n] = {"id": r["id"], "line": n, "items": [
             {"item_id": h.item_id, "title": h.title, "score": round(h.score, 5)}
-            for h in a.hits[:r["k"]]], "notes": a.notes}
+            for h in a.hits[:r["k"]]], "notes": r["notes"] + a.notes}
       bar.update(len(chunk))
   bar.close()
-  return out
+  return [out[n] for n in sorted(out)]
+
+
+def _error(req, n: int, e: api.RequestError) -> dict:
+  """The answer line of a request that cannot be answered."""
+  rid = request_id(req) if isinstance(req, dict) else None
+  return {"id": rid, "line": n, "error": f"line {n}: {e}", "field": e.field or "request"}
 
 
 def history_of_row(catalog, rows, r: int) -> list[list[str]]:
@@ -154,8 +260,7 @@ def run(config, ctx: pipeline.StageContext) -> dict:
   model = api.GenSAR.load(ctx.workdir, mesh="auto")
   i = config.infer
   if i.requests:
-    lines = [l for l in pathlib.Path(i.requests).read_text(errors="replace").splitlines()
-             if l.strip()]
+    lines = read_request_lines(i.requests)
     output = pathlib.Path(i.output)
   else:
     lines = example_requests(model, ctx.input_dir("data"), int(i.example_requests))
@@ -166,16 +271,17 @@ def run(config, ctx: pipeline.StageContext) -> dict:
   output.parent.mkdir(parents=True, exist_ok=True)
   pipeline.write_text_atomic(output, "".join(json.dumps(a) + "\n" for a in answers))
   if not i.requests:
-    for line, a in zip(lines, answers):
-      req = json.loads(line)
+    for a in answers:
+      req = json.loads(lines[a["line"] - 1])
       what = f"search {req['query']!r}" if req["task"] == "search" else "recommendation"
       last = req["history"][-1] if req["history"] else None
       print(f"\n{what} after {len(req['history'])} events (last: {last}):", flush=True)
       for h in a.get("items", []):
         print(f"  {h['score']:8.3f}  {h['item_id']}  {h['title']}", flush=True)
   errors = sum(1 for a in answers if "error" in a)
-  logging.info("infer: %d requests, %d errors, answers in %s", len(lines), errors, output)
-  return {"requests": len(lines), "answered": len(lines) - errors, "errors": errors,
-          "output": str(output), "requests_per_s": round(len(lines) / max(decode_s, 1e-9), 2),
+  logging.info("infer: %d requests, %d errors, answers in %s", len(answers), errors, output)
+  return {"requests": len(answers), "answered": len(answers) - errors, "errors": errors,
+          "output": str(output),
+          "requests_per_s": round(len(answers) / max(decode_s, 1e-9), 2),
           "infer_s": round(time.time() - start, 2),
-          "error_kinds": sorted({a["error"].split(":")[0] for a in answers if "error" in a})}
+          "error_kinds": sorted({a["field"] for a in answers if "error" in a})}

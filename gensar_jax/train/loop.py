@@ -1,22 +1,26 @@
-"""The trainer: a function of (config, directory, model, data), resumable (DESIGN §5).
+"""The trainer: a function of (trainer section, directory, model, data), resumable (DESIGN §5).
 
-`train` runs `config.train.epochs` passes over the task mixture (or until
-`config.train.max_minutes` of wall-clock time are spent) with one jitted step
-per global batch on a 1-D mesh over every device, saves Orbax checkpoints every
+`train` runs `section.steps` optimizer steps (or `section.epochs` passes over the data,
+or until `section.max_minutes` of wall-clock time are spent) with one jitted step per
+global batch on a 1-D mesh over every device, saves Orbax checkpoints every
 `checkpoint_every_steps` and at every validation, resumes from the newest one
-(continuing at step N+1 with the same next batch), validates every
-`eval_every_epochs` and keeps the best parameters, and logs to the console,
-TensorBoard and `metrics.jsonl`.
+(continuing at step N+1 with the same next batch), validates every `eval_every_epochs`
+and keeps the best parameters, and logs to the console, TensorBoard and `metrics.jsonl`.
+The section is `config.train` for GenSAR and `config.doc2query.train` for doc2query.
 
-Preemption: SIGTERM (what schedulers and TPU maintenance send) makes the loop finish
-the step in flight, write a checkpoint and raise `Preempted`; the same command then
-resumes. After SIGKILL the run resumes from the last complete checkpoint (Orbax
-writes each one to a temporary name and renames it when complete); log records of
-steps after that checkpoint are dropped from `metrics.jsonl`, since they are redone.
+Preemption: SIGTERM (what schedulers and TPU maintenance send) or SIGINT makes the loop
+stop dispatching, finish the step in flight (at most `MAX_IN_FLIGHT` steps are ever
+queued ahead), write a checkpoint and raise `errors.Preempted` (`gensar_jax.main` exits
+with `errors.PREEMPTED_EXIT_CODE`); the same command then resumes. After SIGKILL the run
+resumes from the last complete checkpoint (Orbax writes each one to a temporary name and
+renames it when complete); log records of steps after that checkpoint are dropped from
+`metrics.jsonl`, since they are redone. Every checkpoint carries the open logging window,
+so a resumed run logs the same losses as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import math
@@ -32,7 +36,8 @@ import jax
 import numpy as np
 import tqdm
 
-from gensar_jax import pipeline
+from gensar_jax.errors import PipelineError
+from gensar_jax.errors import Preempted
 from gensar_jax.train import batches as batches_lib
 from gensar_jax.train import checkpoint as ckpt_lib
 from gensar_jax.train import logging_utils
@@ -44,32 +49,35 @@ EpochFn = Callable[[int], tuple[list[np.ndarray], list[np.ndarray]]]
 # validate(params, step) -> {"score": higher is better, **scalars to log}.
 ValidateFn = Callable[[Any, int], dict[str, float]]
 
-
-class Preempted(pipeline.PipelineError):
-  """Training stopped on SIGTERM after saving a checkpoint; rerun the same command."""
+MAX_IN_FLIGHT = 2  # Steps dispatched ahead of the host (bounds the drain on preemption).
 
 
 @contextlib.contextmanager
-def sigterm_flag():
-  """Yields a dict whose "set" turns True on SIGTERM (the handler is restored after).
+def stop_signals():
+  """Yields a dict whose "signal" becomes "SIGTERM"/"SIGINT" when one arrives.
 
-  Outside the main thread (where signal handlers cannot be installed) the flag never
-  turns True.
+  Handlers are restored afterwards. A second SIGINT raises KeyboardInterrupt (a user who
+  presses Ctrl-C twice does not want to wait for the save). Outside the main thread
+  (where handlers cannot be installed) the flag never turns.
   """
-  flag = {"set": False}
+  flag = {"signal": None}
   if threading.current_thread() is not threading.main_thread():
     yield flag
     return
 
   def handler(signum, frame):  # pylint: disable=unused-argument
-    logging.warning("SIGTERM: saving a checkpoint after the current step, then stopping")
-    flag["set"] = True
+    name = signal.Signals(signum).name
+    if flag["signal"] and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    logging.warning("%s: saving a checkpoint after the step in flight, then stopping", name)
+    flag["signal"] = name
 
-  previous = signal.signal(signal.SIGTERM, handler)
+  previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
   try:
     yield flag
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    for s, h in previous.items():
+      signal.signal(s, h)
 
 
 @dataclasses.dataclass
@@ -97,203 +105,257 @@ class TrainResult:
     return out
 
 
-def _state_shardings(abstract_state, mesh, shard_params: bool):
-  return sharding.param_shardings(abstract_state, mesh, shard_params)
+@dataclasses.dataclass
+class Progress:
+  """The host-side state of a run, saved in every checkpoint's meta record."""
+
+  epoch: int = 0
+  iterator: dict | None = None  # The batch iterator's position within `epoch`.
+  best_score: float | None = None
+  best_step: int | None = None
+  best_validation: dict | None = None
+  loss_start: float | None = None
+  loss_end: float | None = None
+  elapsed_s: float = 0.0  # Wall-clock seconds of this training across resumes.
+  budget_hit: bool = False
+  last_validated: int | None = None
+  window_losses: list = dataclasses.field(default_factory=list)  # The open log window's.
+
+  @classmethod
+  def from_meta(cls, meta: dict) -> "Progress":
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in meta.items() if k in known})
+
+
+class Window:
+  """The steps since the last log line: their metrics (on device) and sizes."""
+
+  def __init__(self, restored_losses=()):
+    self.restored = [np.float32(x) for x in restored_losses]  # From a checkpoint.
+    self.metrics, self.examples, self.src_tokens, self.tgt_tokens = [], 0, 0, 0
+    self.t0 = time.time()
+
+  def add(self, metrics, examples: int, src_tokens: int, tgt_tokens: int) -> None:
+    self.metrics.append(metrics)
+    self.examples += examples
+    self.src_tokens += src_tokens
+    self.tgt_tokens += tgt_tokens
+
+  def losses(self) -> list[float]:
+    """Every step's loss in the window, as saved in a checkpoint."""
+    return [float(x) for x in self.restored] + [float(g["loss"]) for g in
+                                                jax.device_get(self.metrics)]
+
+  def scalars(self, epoch: int, n_dev: int) -> tuple[dict, float]:
+    """The log record of the window and its wall time."""
+    dt = max(time.time() - self.t0, 1e-9)
+    got = jax.device_get(self.metrics)
+    losses = self.restored + [g["loss"] for g in got]
+    return {
+        "loss": float(np.mean(losses)),
+        "learning_rate": float(got[-1]["learning_rate"]),
+        "grad_norm": float(got[-1]["grad_norm"]),
+        "examples_per_s": self.examples / dt,
+        "tokens_per_s_per_device": (self.src_tokens + self.tgt_tokens) / dt / n_dev,
+        "epoch": epoch,
+    }, dt
 
 
 def train(
-    config, train_dir: pathlib.Path, *, model, init_params: Any, make_epoch: EpochFn,
-    validate: ValidateFn | None = None, mesh: jax.sharding.Mesh | None = None,
+    section, train_dir: pathlib.Path, *, model, init_params: Any, make_epoch: EpochFn,
+    seed: int, mesh: jax.sharding.Mesh, shard_params: bool = False,
+    validate: ValidateFn | None = None,
 ) -> TrainResult:
   """Trains `model` from `init_params` (or the newest checkpoint in `train_dir`).
 
   Args:
-    config: the pipeline config (`train`, `mesh`, `seed` are read).
+    section: the trainer's config section (`config.train` or `config.doc2query.train`:
+      learning_rate, warmup_frac, weight_decay, grad_clip, batch_size, grad_accum_steps,
+      epochs, steps, max_steps, max_minutes, log_every_steps, checkpoint_every_steps,
+      max_to_keep, and eval_every_epochs when `validate` is given).
     train_dir: where checkpoints, `metrics.jsonl` and `tb/` go.
     model: a `T5` module.
     init_params: its initial variables `{"params": ...}` (ignored when resuming).
     make_epoch: the tokenised examples of an epoch (deterministic in the epoch).
+    seed: batch order and dropout seed.
+    mesh: the device mesh; batches are sharded over its first axis.
+    shard_params: FSDP: shard large parameters over the data axis.
     validate: optional validation; its "score" selects the best checkpoint.
-    mesh: the device mesh (default: every device on `config.mesh.data_axis`).
 
   Returns:
     A TrainResult, with the final parameters.
+
+  Raises:
+    Preempted: after SIGTERM/SIGINT, once a checkpoint is saved.
   """
-  tc = config.train
+  tc = section
   train_dir = pathlib.Path(train_dir)
-  mesh = mesh or sharding.make_mesh(config.mesh.data_axis)
   n_dev = mesh.devices.size
   pidx, pcount = jax.process_index(), jax.process_count()
-  main_process = pidx == 0
   micro = tc.batch_size // tc.grad_accum_steps
   if tc.batch_size % tc.grad_accum_steps or micro % n_dev:
-    raise pipeline.PipelineError(
+    raise PipelineError(
         f"train.batch_size ({tc.batch_size}) / grad_accum_steps ({tc.grad_accum_steps}) "
         f"must be a whole multiple of the {n_dev} devices"
     )
-  seed = int(config.seed)
+  seed = int(seed)
 
   def epoch_batches(epoch: int) -> batches_lib.EpochBatches:
     src, tgt = make_epoch(epoch)
     return batches_lib.EpochBatches(
         src, tgt, tc.batch_size, tc.grad_accum_steps, seed, epoch, pidx, pcount)
 
-  max_steps = int(tc.get("max_steps", 0) or 0)
-  budget_s = float(tc.get("max_minutes", 0) or 0) * 60.0
-  ckpt = ckpt_lib.Checkpointer(train_dir, tc.max_to_keep)
-  resume_step = ckpt.latest_step()
-  meta: dict = {}
   # The schedule's length comes from epoch 0 (every epoch has the same task counts).
   first = epoch_batches(0)
   steps_per_epoch = len(first)
   if steps_per_epoch == 0:
-    raise pipeline.PipelineError(
-        f"an epoch has fewer examples than train.batch_size ({tc.batch_size})")
+    raise PipelineError(f"an epoch has fewer examples than train.batch_size ({tc.batch_size})")
   # A fractional number of epochs ends (and its schedule decays) partway through the last;
-  # `train.steps` fixes the optimizer steps instead (the same compute on any dataset).
-  fixed_steps = int(tc.get("steps", 0) or 0)
-  total_steps = fixed_steps or max(1, int(round(steps_per_epoch * float(tc.epochs))))
+  # `steps` fixes the optimizer steps instead (the same compute on any dataset).
+  total_steps = int(tc.steps or 0) or max(1, int(round(steps_per_epoch * float(tc.epochs))))
+  stop_at = min(total_steps, int(tc.max_steps or 0) or total_steps)
   num_epochs = math.ceil(total_steps / steps_per_epoch)
+  budget_s = float(tc.max_minutes or 0) * 60.0
   tx, schedule = step_lib.make_optimizer(tc, total_steps)
 
-  abstract = jax.eval_shape(lambda p: step_lib.init_state(p, tx), init_params)
-  state_sh = _state_shardings(abstract, mesh, bool(config.mesh.shard_params))
+  ckpt = ckpt_lib.Checkpointer(train_dir, tc.max_to_keep)
+  state, resume_step, prog, state_sh = _initial_state(
+      ckpt, init_params, tx, mesh, shard_params)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  init_fn = jax.jit(lambda p: step_lib.init_state(p, tx), out_shardings=state_sh)
-  state = init_fn(init_params)
-  if resume_step is not None:
-    params, opt_state, meta = ckpt.restore(resume_step, state.params, state.opt_state)
-    state = step_lib.TrainState(
-        step=jax.device_put(np.int32(resume_step), replicated), params=params, opt_state=opt_state)
-    logging.info("resumed from step %d (epoch %d)", resume_step, meta["epoch"])
-
   batch_sh = {k: sharding.batch_sharding(mesh, 1, 3) for k in ("src", "tgt")}
   step_fn = step_lib.jit_train_step(
       step_lib.make_train_step(model, tx, schedule, dropout=model.config.dropout_rate > 0),
       state_sh, batch_sh, replicated)
-  rng = jax.random.key(seed + 1)
-  rng = jax.device_put(rng, replicated)
+  rng = jax.device_put(jax.random.key(seed + 1), replicated)
 
-  log = logging_utils.MetricLogger(train_dir, enabled=main_process)
+  log = logging_utils.MetricLogger(train_dir, enabled=pidx == 0)
   log.drop_after(int(resume_step or 0))  # Steps after the restored checkpoint are redone.
   param_counts = logging_utils.split_param_counts(init_params, model.config.vocab_size)
   peak = logging_utils.peak_flops(mesh.devices.flat[0])
+  t_start = time.time() - prog.elapsed_s
+  if prog.iterator is not None and prog.iterator.get("next_index", 0) >= steps_per_epoch:
+    prog.epoch, prog.iterator = prog.epoch + 1, None
 
   step = int(resume_step or 0)
-  epoch = int(meta.get("epoch", 0))
-  it_state = meta.get("iterator")
-  best_score = meta.get("best_score")
-  best_step = meta.get("best_step")
-  best_val = meta.get("best_validation")
-  loss_start = meta.get("loss_start")
-  loss_end = meta.get("loss_end")
-  budget_hit = bool(meta.get("budget_hit", False))
-  # Wall-clock seconds of this training across resumes (steps, validation, saves).
-  t_start = time.time() - float(meta.get("elapsed_s", 0.0))
-  last_validated = meta.get("last_validated")
-  if it_state is not None and it_state.get("next_index", 0) >= steps_per_epoch:
-    epoch, it_state = epoch + 1, None
-
-  def meta_now(epoch_, it_state_):
-    return {
-        "epoch": epoch_, "iterator": it_state_, "seed": seed,
-        "best_score": best_score, "best_step": best_step, "best_validation": best_val,
-        "loss_start": loss_start, "loss_end": loss_end,
-        "elapsed_s": time.time() - t_start, "budget_hit": budget_hit,
-        "last_validated": last_validated,
-    }
-
-  window: list = []  # (metrics on device, examples, src tokens, tgt tokens)
-  t_window = time.time()
+  window = Window(prog.window_losses)
+  in_flight: collections.deque = collections.deque()
   rates: list[float] = []
   step_s = 0.0  # Wall time between logging points (steps; not validation), this session.
   t_session = time.time()
-  bar = tqdm.tqdm(total=total_steps, initial=step, disable=not main_process,
+  bar = tqdm.tqdm(total=total_steps, initial=step, disable=pidx != 0,
                   desc="train", unit="step", dynamic_ncols=True)
-  stop = step >= total_steps or (max_steps and step >= max_steps) or budget_hit
-  with sigterm_flag() as term:
-    while not stop and epoch < num_epochs:
-      eb = first if epoch == 0 else epoch_batches(epoch)
-      it = eb.iterator(it_state)
-      it_state = None
+
+  def save(it_state, best: bool = False) -> None:
+    prog.elapsed_s = time.time() - t_start
+    meta = dataclasses.asdict(prog) | {
+        "iterator": it_state, "window_losses": window.losses(), "seed": seed}
+    if best:
+      ckpt.save_best(step, state.params, meta)
+    else:
+      ckpt.save(step, state.params, state.opt_state, meta)
+
+  def log_window() -> None:
+    nonlocal window, step_s
+    jax.block_until_ready(state.params)
+    scalars, dt = window.scalars(prog.epoch, n_dev)
+    if peak:
+      flops = logging_utils.step_flops(param_counts, window.src_tokens, window.tgt_tokens)
+      scalars["mfu"] = flops / dt / n_dev / peak
+    if step > 1:
+      rates.append(window.examples / dt)
+      step_s += dt
+    prog.loss_start = scalars["loss"] if prog.loss_start is None else prog.loss_start
+    prog.loss_end = scalars["loss"]
+    log.write(step, "train", scalars, echo=step % tc.log_every_steps == 0 or at_end)
+    bar.set_postfix(loss=f"{scalars['loss']:.4f}")
+    window = Window()
+
+  def run_validation(position: float) -> bool:
+    """Validates; returns whether these parameters are the best so far."""
+    scores = validate(state.params, step)
+    prog.last_validated = step
+    scores.update(minutes=(time.time() - t_start) / 60.0, epoch=position)
+    log.write(step, "validation", scores)
+    window.t0 = time.time()
+    if prog.best_score is not None and scores["score"] <= prog.best_score:
+      return False
+    prog.best_score, prog.best_step, prog.best_validation = float(scores["score"]), step, dict(scores)
+    return True
+
+  done = step >= stop_at or prog.budget_hit
+  with stop_signals() as stop:
+    while not done and prog.epoch < num_epochs:
+      eb = first if prog.epoch == 0 else epoch_batches(prog.epoch)
+      it = eb.iterator(prog.iterator)
+      prog.iterator = None
       for local in it:
-        batch = sharding.global_batch(local, mesh, batch_dim=1)
-        state, metrics = step_fn(state, batch, rng)
+        state, metrics = step_fn(state, sharding.global_batch(local, mesh, batch_dim=1), rng)
         step += 1
-        window.append((metrics, tc.batch_size,
-                       int((local["src"] != 0).sum()) * pcount, int((local["tgt"] != 0).sum()) * pcount))
+        _bound_in_flight(in_flight, metrics)
+        window.add(metrics, tc.batch_size, int((local["src"] != 0).sum()) * pcount,
+                   int((local["tgt"] != 0).sum()) * pcount)
         bar.update(1)
-        if budget_s and not budget_hit and time.time() - t_start >= budget_s:
-          budget_hit = True
-          logging.info("train.max_minutes (%.1f) spent at step %d: validating, saving, stopping",
+        if budget_s and not prog.budget_hit and time.time() - t_start >= budget_s:
+          prog.budget_hit = True
+          logging.info("max_minutes (%.1f) spent at step %d: validating, saving, stopping",
                        budget_s / 60, step)
-        at_end = step == total_steps or (max_steps and step >= max_steps) or budget_hit
+        at_end = step >= stop_at or prog.budget_hit
         if step % tc.log_every_steps == 0 or at_end or step == 1:
-          jax.block_until_ready(state.params)
-          dt = max(time.time() - t_window, 1e-9)
-          got = jax.device_get([w[0] for w in window])
-          loss = float(np.mean([g["loss"] for g in got]))
-          ex = sum(w[1] for w in window)
-          src_tok = sum(w[2] for w in window)
-          tgt_tok = sum(w[3] for w in window)
-          scalars = {
-              "loss": loss,
-              "learning_rate": float(got[-1]["learning_rate"]),
-              "grad_norm": float(got[-1]["grad_norm"]),
-              "examples_per_s": ex / dt,
-              "tokens_per_s_per_device": (src_tok + tgt_tok) / dt / n_dev,
-              "epoch": epoch,
-          }
-          if peak:
-            flops = logging_utils.step_flops(param_counts, src_tok, tgt_tok)
-            scalars["mfu"] = flops / dt / n_dev / peak
-          if step > 1:
-            rates.append(ex / dt)
-            step_s += dt
-          if loss_start is None:
-            loss_start = loss
-          loss_end = loss
-          log.write(step, "train", scalars, echo=step % tc.log_every_steps == 0 or at_end)
-          bar.set_postfix(loss=f"{loss:.4f}")
-          window, t_window = [], time.time()
-        epoch_done = it.get_state()["next_index"] >= len(eb)
+          log_window()
+        position = it.get_state()["next_index"] / len(eb)
         validate_now = validate is not None and (
-            (epoch_done and (epoch + 1) % tc.eval_every_epochs == 0)
-            or (at_end and last_validated != step))
-        if validate_now:
-          scores = validate(state.params, step)
-          last_validated = step
-          scores.update(minutes=(time.time() - t_start) / 60.0, epoch=epoch + (
-              it.get_state()["next_index"] / len(eb)))
-          log.write(step, "validation", scores)
-          if best_score is None or scores["score"] > best_score:
-            best_score, best_step, best_val = float(scores["score"]), step, dict(scores)
-            ckpt.save_best(step, state.params, meta_now(epoch, it.get_state()))
-          t_window = time.time()
-        if step % tc.checkpoint_every_steps == 0 or at_end or validate_now:
-          ckpt.save(step, state.params, state.opt_state, meta_now(epoch, it.get_state()))
-        if term["set"]:
-          ckpt.save(step, state.params, state.opt_state, meta_now(epoch, it.get_state()))
+            (position >= 1 and (prog.epoch + 1) % tc.eval_every_epochs == 0)
+            or (at_end and prog.last_validated != step))
+        if validate_now and run_validation(prog.epoch + position):
+          save(it.get_state(), best=True)
+        if step % tc.checkpoint_every_steps == 0 or at_end or validate_now or stop["signal"]:
+          save(it.get_state())
+        if stop["signal"]:
           ckpt.close()
           log.close()
           bar.close()
-          raise Preempted(f"stopped by SIGTERM at step {step}; checkpoint saved in "
+          raise Preempted(f"stopped by {stop['signal']} at step {step}; checkpoint saved in "
                           f"{train_dir}; run the same command again to resume")
         if at_end:
-          stop = True
+          done = True
           break
-      epoch += 1
+      else:
+        prog.epoch += 1
   bar.close()
   if step > 0 and ckpt.latest_step() != step:
-    ckpt.save(step, state.params, state.opt_state, meta_now(epoch - 1, None))
+    save(None)
   ckpt.close()
   log.close()
   return TrainResult(
       steps=step, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-      loss_start=loss_start, loss_end=loss_end, best_score=best_score, best_step=best_step,
-      best_validation=best_val, examples_per_s=float(np.mean(rates)) if rates else None,
+      loss_start=prog.loss_start, loss_end=prog.loss_end, best_score=prog.best_score,
+      best_step=prog.best_step, best_validation=prog.best_validation,
+      examples_per_s=float(np.mean(rates)) if rates else None,
       resumed_from=resume_step, minutes=round((time.time() - t_start) / 60.0, 2),
-      budget_hit=budget_hit,
+      budget_hit=prog.budget_hit,
       step_fraction=round(step_s / max(time.time() - t_session, 1e-9), 3),
       params=state.params,
   )
+
+
+def _initial_state(ckpt, init_params, tx, mesh, shard_params: bool):
+  """The sharded train state: fresh, or restored from the newest checkpoint."""
+  abstract = jax.eval_shape(lambda p: step_lib.init_state(p, tx), init_params)
+  state_sh = sharding.param_shardings(abstract, mesh, shard_params)
+  state = jax.jit(lambda p: step_lib.init_state(p, tx), out_shardings=state_sh)(init_params)
+  resume_step = ckpt.latest_step()
+  if resume_step is None:
+    return state, None, Progress(), state_sh
+  params, opt_state, meta = ckpt.restore(resume_step, state.params, state.opt_state)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  state = step_lib.TrainState(step=jax.device_put(np.int32(resume_step), replicated),
+                              params=params, opt_state=opt_state)
+  logging.info("resumed from step %d (epoch %d)", resume_step, meta["epoch"])
+  return state, resume_step, Progress.from_meta(meta), state_sh
+
+
+def _bound_in_flight(in_flight: collections.deque, metrics) -> None:
+  """Keeps at most MAX_IN_FLIGHT steps queued: the host waits for the oldest one."""
+  in_flight.append(metrics)
+  while len(in_flight) > MAX_IN_FLIGHT:
+    jax.block_until_ready(in_flight.popleft())

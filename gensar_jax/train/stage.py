@@ -14,6 +14,7 @@ tasks. `curve.json` / `curve.png` hold the validation curve against wall-clock m
 
 from __future__ import annotations
 
+import pathlib
 import time
 
 from absl import logging
@@ -37,6 +38,13 @@ from gensar_jax.train import loop
 from gensar_jax.train import sharding
 
 _SEED_SALT = 5  # Folded into config.seed for the model's initialisation.
+
+
+def external_files(config, workdir) -> list[pathlib.Path]:
+  """The tokenizer and checkpoint folders it starts from, when given."""
+  del workdir
+  return [pathlib.Path(p) for p in (config.tokenizer.pretrained_dir,
+                                    config.model.init_checkpoint_dir) if p]
 
 
 def validate(config) -> None:
@@ -187,8 +195,10 @@ def run(config, ctx: pipeline.StageContext) -> dict:
     logging.info("validation at step %d: %s", step, {k: round(v, 4) for k, v in out.items()})
     return out
 
-  result = loop.train(config, ctx.dir, model=model, init_params=params, make_epoch=make_epoch,
-                      validate=validate_fn if config.train.eval_rows != 0 else None, mesh=mesh)
+  result = loop.train(config.train, ctx.dir, model=model, init_params=params,
+                      make_epoch=make_epoch, seed=config.seed, mesh=mesh,
+                      shard_params=bool(config.mesh.shard_params),
+                      validate=validate_fn if config.train.eval_rows != 0 else None)
   summary = result.summary()
   if jax.process_index() == 0:
     curve.write(ctx.dir, logging_utils.read_history(ctx.dir), summary)
