@@ -23,4 +23,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.identifiers.epochs = 100  # Short quantizer training.
   c.identifiers.warmup_epochs = 10  # Short warmup to match.
   c.train.steps = 400  # Optimizer steps (batch 64) of the demo's training.
+  c.train.eval_every_epochs = 10  # Validate once, at the end (per epoch took 45% of the training time).
   return c

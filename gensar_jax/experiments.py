@@ -22,6 +22,15 @@ checkpoint was chosen under the run's own `eval` settings):
 ranks the test rows' 100 candidates by beam search and exactly, and the whole catalog
 by beam search, under that scoring, and prints NDCG@10 ± s.e. per task.
 
+Choosing between two recipes (validation rows only, never test rows):
+
+  python -m gensar_jax.experiments compare RUN_A RUN_B
+
+ranks the validation rows each run's training selected on (the last `train.eval_rows`
+per task) with both runs' best checkpoints and prints the paired difference of NDCG@10
+(± its standard error, paired t-test): far tighter than comparing two means with their
+own standard errors, since both runs see the same rows.
+
 `record` keeps the run's command and note, its training figures (steps, minutes, examples/s, fraction of wall time in the step loop), its
 validation curve (`train/curve.json`) and, if evaluated, its test NDCG@10 per task with
 standard errors and the paired test against the best baseline. `table` prints one
@@ -37,6 +46,7 @@ from collections.abc import Sequence
 
 from absl import app
 from absl import flags
+import numpy as np
 
 from gensar_jax.train import curve as curve_lib
 
@@ -145,6 +155,27 @@ def seeds_markdown(summary: dict, runs: int) -> str:
   return "\n".join(lines)
 
 
+def _ranker(workdir: pathlib.Path, score: str | None = None):
+  """(the best checkpoint's bundle, its GenerativeRanker) of a run, as eval builds them."""
+  # pylint: disable=g-import-not-at-top
+  from gensar_jax import tasks as tasks_lib
+  from gensar_jax.data import dataset
+  from gensar_jax.evaluation import generative
+  from gensar_jax.model import t5 as t5_lib
+  from gensar_jax.train import checkpoint as ckpt_lib
+  # pylint: enable=g-import-not-at-top
+
+  bundle = ckpt_lib.load_for_decoding(workdir / "train", "best")
+  cfg = bundle.config
+  builder = tasks_lib.TaskBuilder(dataset.load_catalog(workdir / "data"), bundle.identifiers,
+                                  cfg.tasks)
+  ranker = generative.GenerativeRanker(
+      t5_lib.T5(bundle.t5_config), bundle.tokenizer, builder, beam_size=cfg.eval.beam_size,
+      batch_size=cfg.eval.batch_size, max_source_len=cfg.tasks.max_source_len,
+      score=score or cfg.eval.score)
+  return bundle, ranker
+
+
 def rescore(workdir: str | pathlib.Path, score: str, rows: int = 0) -> dict:
   """GenSAR's test metrics of a run's best checkpoint under another scoring.
 
@@ -152,22 +183,13 @@ def rescore(workdir: str | pathlib.Path, score: str, rows: int = 0) -> dict:
     {task: {"sampled_beam", "sampled_exact", "full": metrics, "agreement": {...}}}.
   """
   # pylint: disable=g-import-not-at-top
-  from gensar_jax import tasks as tasks_lib
   from gensar_jax.data import dataset
   from gensar_jax.evaluation import generative
   from gensar_jax.evaluation import metrics as metrics_lib
-  from gensar_jax.model import t5 as t5_lib
-  from gensar_jax.train import checkpoint as ckpt_lib
   # pylint: enable=g-import-not-at-top
 
   workdir = pathlib.Path(workdir)
-  bundle = ckpt_lib.load_for_decoding(workdir / "train", "best")
-  catalog = dataset.load_catalog(workdir / "data")
-  cfg = bundle.config
-  builder = tasks_lib.TaskBuilder(catalog, bundle.identifiers, cfg.tasks)
-  ranker = generative.GenerativeRanker(
-      t5_lib.T5(bundle.t5_config), bundle.tokenizer, builder, beam_size=cfg.eval.beam_size,
-      batch_size=cfg.eval.batch_size, max_source_len=cfg.tasks.max_source_len, score=score)
+  bundle, ranker = _ranker(workdir, score)
   out = {}
   for task in TASKS:
     test = dataset.load_rows(workdir / "data", task, "test")
@@ -177,6 +199,42 @@ def rescore(workdir: str | pathlib.Path, score: str, rows: int = 0) -> dict:
     out[task] = {m: metrics_lib.metrics_from_ranks(r) for m, r in got.items()
                  if m in ("sampled_beam", "sampled_exact", "full")}
     out[task]["agreement"] = got["agreement"]
+  return out
+
+
+def validation_ranks(workdir: str | pathlib.Path) -> dict[str, np.ndarray]:
+  """Per-row ranks (100 candidates, exact) of a run's best checkpoint on the validation
+  rows its training selected on (the last `train.eval_rows` per task)."""
+  # pylint: disable=g-import-not-at-top
+  from gensar_jax.data import dataset
+  # pylint: enable=g-import-not-at-top
+
+  workdir = pathlib.Path(workdir)
+  bundle, ranker = _ranker(workdir)
+  keep = int(bundle.config.train.eval_rows)
+  out = {}
+  for task in TASKS:
+    rows = dataset.load_rows(workdir / "data", task, "validation")
+    rows = {k: v[-keep:] for k, v in rows.items()} if keep > 0 else rows
+    out[task] = ranker.row_ranks(bundle.params, task, rows, ("sampled",), "exact")["sampled"]
+  return out
+
+
+def compare(workdir_a: str | pathlib.Path, workdir_b: str | pathlib.Path) -> dict:
+  """Run A against run B on the same validation rows: paired t-test of NDCG@10 per task.
+
+  Validation rows only: recipes are chosen here, never on test rows.
+  """
+  # pylint: disable=g-import-not-at-top
+  from gensar_jax.evaluation import metrics as metrics_lib
+  # pylint: enable=g-import-not-at-top
+
+  a, b = validation_ranks(workdir_a), validation_ranks(workdir_b)
+  out = {}
+  for task in TASKS:
+    out[task] = metrics_lib.paired_test(a[task], b[task], "ndcg@10")
+    out[task]["a"] = float(metrics_lib.gains(a[task], "ndcg@10").mean())
+    out[task]["b"] = float(metrics_lib.gains(b[task], "ndcg@10").mean())
   return out
 
 
@@ -190,8 +248,18 @@ flags.DEFINE_integer("rows", 0, "rescore: the first N test rows per task (0 = al
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) < 2 or argv[1] not in ("record", "table", "seeds", "rescore"):
-    raise app.UsageError("usage: python -m gensar_jax.experiments record|table|seeds|rescore ...")
+  if len(argv) < 2 or argv[1] not in ("record", "table", "seeds", "rescore", "compare"):
+    raise app.UsageError(
+        "usage: python -m gensar_jax.experiments record|table|seeds|rescore|compare ...")
+  if argv[1] == "compare":
+    if len(argv) != 4:
+      raise app.UsageError("compare takes two workdirs: RUN_A RUN_B")
+    got = compare(argv[2], argv[3])
+    for task, t in got.items():
+      print(f"{task}: validation NDCG@10 A {t['a']:.4f} vs B {t['b']:.4f}, A - B "
+            f"{t['mean_diff']:+.4f} ± {t['se_diff']:.4f} (paired, {t['count']} rows), "
+            f"p = {t['p']:.3g}")
+    return
   if argv[1] == "rescore":
     got = rescore(argv[2], FLAGS.score, FLAGS.rows)
     print(f"score={FLAGS.score}: NDCG@10 ± s.e.")

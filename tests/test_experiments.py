@@ -42,3 +42,17 @@ def test_record_reads_curve_summary_and_metrics(tmp_path):
   row = experiments.table([rec]).splitlines()[-1]
   assert row.startswith("| `base` | 2.5 | 50 | 99 | 0.3000 ± 0.0200 | 0.4000 ± 0.0300 |")
   assert "0.2500 ± 0.0100" in row and row.endswith("a note |")
+
+
+def test_compare_is_a_paired_test_on_the_same_validation_rows(monkeypatch):
+  # Run A ranks every row's target first; run B ranks it 2nd on even rows, 1st on odd ones.
+  n = 40
+  ranks = {"a": np.ones(n), "b": np.where(np.arange(n) % 2 == 0, 2.0, 1.0)}
+  monkeypatch.setattr(experiments, "validation_ranks",
+                      lambda w: {t: ranks[w] for t in experiments.TASKS})
+  got = experiments.compare("a", "b")
+  b_gain = (1.0 + 1 / np.log2(3)) / 2  # NDCG@10 of rank 1 and rank 2, averaged.
+  for task in experiments.TASKS:
+    t = got[task]
+    np.testing.assert_allclose([t["a"], t["b"], t["mean_diff"]], [1.0, b_gain, 1.0 - b_gain])
+    assert t["count"] == n and t["p"] < 1e-6
