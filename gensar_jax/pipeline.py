@@ -25,7 +25,14 @@ from absl import logging
 import ml_collections
 
 from gensar_jax import file_digests
-from gensar_jax.errors import PipelineError  # Re-exported: stages raise pipeline.PipelineError.
+# Re-exported for callers of the runner (tests, scripts); stages import them from below.
+from gensar_jax.atomic import write_json_atomic
+from gensar_jax.atomic import write_text_atomic
+from gensar_jax.context import DONE as _DONE
+from gensar_jax.context import read_summary
+from gensar_jax.context import StageContext
+from gensar_jax.context import SUMMARY
+from gensar_jax.errors import PipelineError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,10 +92,8 @@ _BY_NAME = {s.name: s for s in STAGES}
 _DEFAULT_EXCLUDED = ("infer",)
 
 _STARTED = ".started"
-_DONE = ".done"
 _PARTS = ".fingerprint.json"  # What the last run's fingerprint hashed (to say why a stage reruns).
 DIGEST_CACHE = ".file_digests.json"  # SHA-256 of outside files by (path, size, mtime).
-SUMMARY = "summary.json"
 
 
 def parse_stages(spec: str) -> list[str]:
@@ -102,33 +107,6 @@ def parse_stages(spec: str) -> list[str]:
         f"unknown stage(s) {unknown} in config.stages; known: {[s.name for s in STAGES]}"
     )
   return [s.name for s in STAGES if s.name in names]
-
-
-@dataclasses.dataclass(frozen=True)
-class StageContext:
-  """What a stage's `run` gets besides the config: where to read and write."""
-
-  workdir: pathlib.Path
-  name: str
-
-  @property
-  def dir(self) -> pathlib.Path:
-    """This stage's output directory (exists when `run` is called)."""
-    return self.workdir / self.name
-
-  def input_dir(self, stage: str) -> pathlib.Path:
-    """The output directory of a finished upstream stage."""
-    path = self.workdir / stage
-    if not (path / _DONE).exists():
-      raise PipelineError(
-          f"stage '{self.name}' needs the outputs of stage '{stage}' in {path}; "
-          f"run it first (add '{stage}' to --config.stages)"
-      )
-    return path
-
-  def has_input(self, stage: str) -> bool:
-    """Whether an optional upstream stage has finished."""
-    return (self.workdir / stage / _DONE).exists()
 
 
 def _section(config: ml_collections.ConfigDict, key: str) -> Any:
@@ -209,33 +187,6 @@ def _why(parts: dict[str, Any], record: pathlib.Path) -> str:
     else:
       said.append(f"{key} changed")
   return "; ".join(said) or "its earlier run did not finish"
-
-
-def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-  """Writes JSON to `path` through a temporary file and a rename."""
-  path = pathlib.Path(path)
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
-  os.replace(tmp, path)
-
-
-def write_text_atomic(path: pathlib.Path, text: str) -> None:
-  """Writes text to `path` through a temporary file and a rename."""
-  path = pathlib.Path(path)
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
-
-
-def _json_default(obj: Any) -> Any:
-  if hasattr(obj, "tolist"):
-    return obj.tolist()
-  raise TypeError(f"not JSON serialisable: {type(obj)}")
-
-
-def read_summary(workdir: str | os.PathLike, stage: str) -> dict:
-  """The `summary.json` a finished stage wrote."""
-  return json.loads((pathlib.Path(workdir) / stage / SUMMARY).read_text())
 
 
 def check_inputs(config: ml_collections.ConfigDict, workdir: pathlib.Path,

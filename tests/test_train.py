@@ -10,7 +10,7 @@ import pytest
 from gensar_jax.model import t5 as t5_lib
 from gensar_jax.train import batches as batches_lib
 from gensar_jax.train import loop
-from gensar_jax.train import sharding
+from gensar_jax import sharding
 from tests.conftest import load_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

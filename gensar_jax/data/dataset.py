@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from gensar_jax.data import schema
-from gensar_jax.pipeline import PipelineError
+from gensar_jax.errors import PipelineError
 
 POINTER = "dataset.json"
 CATALOG_JSON = "catalog.json"

@@ -39,7 +39,7 @@ from gensar_jax.data import negatives as negatives_lib
 from gensar_jax.data import queries as queries_lib
 from gensar_jax.data import raw
 from gensar_jax.data import schema
-from gensar_jax.pipeline import PipelineError
+from gensar_jax.errors import PipelineError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,12 +15,13 @@ import time
 from absl import logging
 import tensorflow_datasets as tfds
 
-from gensar_jax import pipeline
+from gensar_jax import atomic
+from gensar_jax import context
 from gensar_jax.data import dataset
 from gensar_jax.data import process as process_lib
 from gensar_jax.data import raw
 from gensar_jax.data import tfds_builder
-from gensar_jax.pipeline import PipelineError
+from gensar_jax.errors import PipelineError
 
 # Outputs change with the TFDS builder's version (bumped whenever processing changes).
 VERSION = str(tfds_builder.GensarAmazon.VERSION)
@@ -67,7 +68,7 @@ def validate(config) -> None:
   raw.find_files(d.raw_dir, d.category)
 
 
-def run(config, ctx: pipeline.StageContext) -> dict:
+def run(config, ctx: context.StageContext) -> dict:
   """Generates the demo world if asked, builds the TFDS dataset, writes the catalog."""
   start = time.time()
   folder = raw_dir(config, ctx.workdir)
@@ -93,7 +94,7 @@ def run(config, ctx: pipeline.StageContext) -> dict:
   version_dir = pathlib.Path(builder.data_dir)
   for name in (tfds_builder.CATALOG_JSON, tfds_builder.CATALOG_NPZ):
     shutil.copyfile(version_dir / name, ctx.dir / name)
-  pipeline.write_json_atomic(ctx.dir / dataset.POINTER, {
+  atomic.write_json_atomic(ctx.dir / dataset.POINTER, {
       "tfds_dir": str(version_dir.relative_to(ctx.dir)),
       "builder": builder.name, "config": builder.builder_config.name,
       "version": str(builder.version), "raw_dir": str(folder.resolve()),

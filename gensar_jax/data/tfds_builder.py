@@ -33,7 +33,7 @@ import tensorflow_datasets as tfds
 
 from gensar_jax.data import process as process_lib
 from gensar_jax.data import schema
-from gensar_jax.pipeline import PipelineError
+from gensar_jax.errors import PipelineError
 
 CATALOG_JSON = "catalog.json"
 CATALOG_NPZ = "catalog.npz"

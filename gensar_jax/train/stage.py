@@ -5,9 +5,9 @@ and, when `config.doc2query.enabled` and that stage has run, the doc2query stage
 pseudo-queries. Builds (or, on resume, reloads) the tokenizer, writes everything
 decoding needs next to the checkpoints (`checkpoint.write_decoding_files`), and trains
 with `loop.train`. Validation decodes the last `train.eval_rows` validation rows of
-each task against their stored candidates with the eval stage's own code
-(`GenerativeRanker`, ranking by `eval.rank` and `eval.score`, which the stage declares
-as inputs of its fingerprint); the best checkpoint is the best mean NDCG@5 over the
+each task against their stored candidates with the ranker eval and inference use
+(`gensar_jax.ranking.GenerativeRanker`, ranking by `eval.rank` and `eval.score`, which
+the stage declares as inputs of its fingerprint); the best checkpoint is the best mean NDCG@5 over the
 tasks. `curve.json` / `curve.png` hold the validation curve against wall-clock minutes
 (the experiment harness: `train.max_minutes` gives runs an equal budget).
 """
@@ -21,11 +21,14 @@ from absl import logging
 import jax
 import numpy as np
 
-from gensar_jax import pipeline
+from gensar_jax import context
+from gensar_jax import errors
+from gensar_jax import ranking
+from gensar_jax import sharding
 from gensar_jax import tasks as tasks_lib
 from gensar_jax.data import dataset
 from gensar_jax.data import schema
-from gensar_jax.evaluation import generative
+from gensar_jax.doc2query import outputs as d2q_outputs
 from gensar_jax.identifiers import build as id_build
 from gensar_jax.identifiers import table as id_table
 from gensar_jax.model import code_init
@@ -35,7 +38,6 @@ from gensar_jax.train import checkpoint as ckpt_lib
 from gensar_jax.train import curve
 from gensar_jax.train import logging_utils
 from gensar_jax.train import loop
-from gensar_jax.train import sharding
 
 _SEED_SALT = 5  # Folded into config.seed for the model's initialisation.
 
@@ -68,24 +70,22 @@ def validate(config) -> None:
   ]
   for ok, message in checks:
     if not ok:
-      raise pipeline.PipelineError(f"config: {message}")
+      raise errors.PipelineError(f"config: {message}")
   if config.data.demo:
-    generative.check_beam(int(config.eval.beam_size), int(config.data.demo_items))
+    ranking.check_beam(int(config.eval.beam_size), int(config.data.demo_items))
   try:
     shares = tasks_lib.check_shares(dict(config.tasks.shares))
   except ValueError as e:
-    raise pipeline.PipelineError(f"config.tasks: {e}") from None
+    raise errors.PipelineError(f"config.tasks: {e}") from None
   if all(c == 0 for c in shares.values()):
-    raise pipeline.PipelineError("config.tasks.shares switches every task off")
+    raise errors.PipelineError("config.tasks.shares switches every task off")
 
 
-def load_pseudo_queries(config, ctx: pipeline.StageContext, item_ids: np.ndarray):
+def load_pseudo_queries(config, ctx: context.StageContext, item_ids: np.ndarray):
   """Per item its doc2query pseudo-queries, or None (ad-hoc search off or not run)."""
   if not config.doc2query.enabled or not ctx.has_input("doc2query"):
     return None
-  from gensar_jax.doc2query import stage as d2q_stage  # pylint: disable=g-import-not-at-top
-
-  return d2q_stage.load_pseudo_queries(ctx.input_dir("doc2query"), item_ids)
+  return d2q_outputs.load_pseudo_queries(ctx.input_dir("doc2query"), item_ids)
 
 
 def level_names(identifiers: id_table.Identifiers) -> list[str]:
@@ -118,7 +118,7 @@ def make_model(config, vocab_size: int):
           seed=int(config.seed) + _SEED_SALT, dtype=config.model.dtype,
           dropout_rate=float(config.model.dropout_rate))
     except (OSError, KeyError, ValueError) as e:
-      raise pipeline.PipelineError(
+      raise errors.PipelineError(
           f"config.model.init_checkpoint_dir={config.model.init_checkpoint_dir}: {e}") from None
     logging.info("train: starting from %s (its dimensions replace config.model's)",
                  config.model.init_checkpoint_dir)
@@ -142,13 +142,13 @@ def init_code_embeddings(config, params, tokenizer: tok_lib.Tokenizer, ids_dir):
   return params
 
 
-def run(config, ctx: pipeline.StageContext) -> dict:
+def run(config, ctx: context.StageContext) -> dict:
   """Trains the model; returns the summary (steps, losses, best validation, speed)."""
   start = time.time()
   data_dir = ctx.input_dir("data")
   ids_dir = ctx.input_dir("identifiers")
   catalog = dataset.load_catalog(data_dir)
-  generative.check_beam(int(config.eval.beam_size), catalog.num_items)
+  ranking.check_beam(int(config.eval.beam_size), catalog.num_items)
   identifiers = id_table.load(ids_dir)
   pseudo = load_pseudo_queries(config, ctx, catalog.item_ids)
   builder = tasks_lib.TaskBuilder(catalog, identifiers, config.tasks, pseudo_queries=pseudo)
@@ -171,7 +171,7 @@ def run(config, ctx: pipeline.StageContext) -> dict:
     return ([np.asarray(s, np.int32) for s in src], [np.asarray(t, np.int32) for t in tgt])
 
   mesh = sharding.make_mesh(config.mesh.data_axis)
-  ranker = generative.GenerativeRanker(
+  ranker = ranking.GenerativeRanker(
       model, tokenizer, builder, beam_size=config.eval.beam_size,
       batch_size=config.eval.batch_size, max_source_len=tc.max_source_len,
       score=config.eval.score, mesh=mesh)
