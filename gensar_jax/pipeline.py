@@ -1,7 +1,17 @@
 """The stage runner: ordered stages, caching by fingerprint, one summary per stage.
 
 Every stage is a module with `run(config, ctx) -> dict` (the summary) and optionally
-`validate(config)` (raise `PipelineError` with one clear message). A stage keeps its
+`validate(config)` (raise `PipelineError` with one clear message). Beside its code a
+stage module declares what it reads:
+  INPUTS           the stages whose outputs it reads (`ctx.input_dir` refuses others);
+  OPTIONAL_INPUTS  those of them it can do without (it checks `ctx.has_input`);
+  CONFIG_KEYS      the config sections, or single fields ("section.field"), that
+                   determine its outputs (they enter its fingerprint);
+  ALSO_READS       config keys it reads that do not enter its fingerprint (device layout,
+                   decoding batch sizes, facts already fixed by an input's fingerprint).
+`run` gets the config restricted to those keys plus the top-level scalars (`seed`,
+`distributed`, ...): reading anything else raises. `validate` sees the whole config
+(cross-section checks). A stage keeps its
 outputs under `<workdir>/<stage>/` and is skipped when its fingerprint (its config
 sections plus the fingerprints of the stages it reads) matches the one recorded when
 it last finished. A run that was cut off leaves a `started` fingerprint: the same
@@ -37,55 +47,70 @@ from gensar_jax.errors import PipelineError
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  """One pipeline stage.
+  """One pipeline stage: its name, its module, and how the runner schedules it.
+
+  What it reads (`inputs`, `optional`, `config_keys`, `also_reads`) is declared in its
+  module (`INPUTS`, `OPTIONAL_INPUTS`, `CONFIG_KEYS`, `ALSO_READS`) and read from there
+  when first asked; a value given here instead (tests' fake stages) takes precedence.
 
   Attributes:
     name: directory name under the workdir and the name used in `config.stages`.
     module: module holding `run(config, ctx)` (and optionally `validate(config)`).
-    inputs: stages whose outputs this one reads.
-    config_keys: config sections (or single fields, "section.field") that determine
-      this stage's outputs.
+    given_inputs: stages whose outputs this one reads (None: the module's `INPUTS`).
+    given_config_keys: config sections (or single fields, "section.field") that
+      determine this stage's outputs (None: the module's `CONFIG_KEYS`).
     cached: whether a finished stage is skipped when its fingerprint is unchanged.
     all_hosts: in a multi-host run, whether every process runs it (sharded work:
       training, decoding); otherwise process 0 runs it and the others wait for it.
-    optional: inputs the stage can do without (it checks `has_input`).
+    given_optional: inputs the stage can do without (None: `OPTIONAL_INPUTS`, or none).
     refresh: rerun it, though not selected, when it has run in this workdir before and
       one of its inputs was rebuilt by this invocation (the report follows eval).
   """
 
   name: str
   module: str
-  inputs: tuple[str, ...]
-  config_keys: tuple[str, ...]
+  given_inputs: tuple[str, ...] | None = None
+  given_config_keys: tuple[str, ...] | None = None
   cached: bool = True
   all_hosts: bool = False
-  optional: tuple[str, ...] = ()
+  given_optional: tuple[str, ...] | None = None
   refresh: bool = False
+
+  def _declared(self, attr: str, given, required: bool = True) -> tuple[str, ...]:
+    if given is not None:
+      return tuple(given)
+    module = importlib.import_module(self.module)
+    if required and not hasattr(module, attr):
+      raise PipelineError(f"stage module {self.module} does not declare {attr}")
+    return tuple(getattr(module, attr, ()))
+
+  @property
+  def inputs(self) -> tuple[str, ...]:
+    return self._declared("INPUTS", self.given_inputs)
+
+  @property
+  def config_keys(self) -> tuple[str, ...]:
+    return self._declared("CONFIG_KEYS", self.given_config_keys)
+
+  @property
+  def optional(self) -> tuple[str, ...]:
+    return self._declared("OPTIONAL_INPUTS", self.given_optional, required=False)
+
+  @property
+  def also_reads(self) -> tuple[str, ...]:
+    given = () if self.given_config_keys is not None else None
+    return self._declared("ALSO_READS", given, required=False)
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("data", "gensar_jax.data.stage", (), ("data",)),
-    Stage("embed", "gensar_jax.embed.stage", ("data",), ("embed",)),
-    Stage("identifiers", "gensar_jax.identifiers.stage", ("data", "embed"), ("identifiers",)),
-    Stage("doc2query", "gensar_jax.doc2query.stage", ("data",), ("doc2query",), all_hosts=True),
-    Stage(
-        "train",
-        "gensar_jax.train.stage",
-        ("data", "identifiers", "doc2query"),
-        # The eval settings that choose the best checkpoint (validation ranks like eval).
-        ("model", "tokenizer", "tasks", "train", "mesh", "eval.beam_size", "eval.score",
-         "eval.rank"),
-        all_hosts=True,
-        optional=("doc2query",),
-    ),
-    Stage(
-        "eval", "gensar_jax.evaluation.stage", ("data", "identifiers", "train", "embed"),
-        ("eval", "embed.text_encoder_dir", "embed.max_text_len"),  # The dense baseline encodes.
-        all_hosts=True,
-    ),
-    Stage("report", "gensar_jax.report.stage", ("data", "identifiers", "eval"), ("report",),
-          cached=False, refresh=True),
-    Stage("infer", "gensar_jax.inference.stage", ("train",), ("infer",), cached=False, all_hosts=True),
+    Stage("data", "gensar_jax.data.stage"),
+    Stage("embed", "gensar_jax.embed.stage"),
+    Stage("identifiers", "gensar_jax.identifiers.stage"),
+    Stage("doc2query", "gensar_jax.doc2query.stage", all_hosts=True),
+    Stage("train", "gensar_jax.train.stage", all_hosts=True),
+    Stage("eval", "gensar_jax.evaluation.stage", all_hosts=True),
+    Stage("report", "gensar_jax.report.stage", cached=False, refresh=True),
+    Stage("infer", "gensar_jax.inference.stage", cached=False, all_hosts=True),
 )
 _BY_NAME = {s.name: s for s in STAGES}
 # Stages that run when `config.stages` is "all" (inference needs a request file).
@@ -117,6 +142,30 @@ def _section(config: ml_collections.ConfigDict, key: str) -> Any:
   if isinstance(value, ml_collections.ConfigDict):
     return value.to_dict()
   return value
+
+
+def stage_config(config: ml_collections.ConfigDict, stage: Stage) -> ml_collections.ConfigDict:
+  """The config a stage's `run` sees: the top-level scalars (`seed`, `distributed`, ...)
+  and the sections or fields it declares (`config_keys` and `also_reads`), nothing else;
+  a section named by single fields ("eval.beam_size") holds only those fields."""
+  out = ml_collections.ConfigDict()
+  for key, value in config.items():
+    if not isinstance(value, ml_collections.ConfigDict):
+      out[key] = value
+  whole = set()
+  for key in stage.config_keys + stage.also_reads:
+    section, _, field = key.partition(".")
+    if section not in config:
+      raise PipelineError(f"stage '{stage.name}' declares config key {key!r}, which the "
+                          "config does not have")
+    if not field:
+      out[section] = config[section]
+      whole.add(section)
+    elif section not in whole:
+      if section not in out:
+        out[section] = ml_collections.ConfigDict()
+      out[section][field] = config[section][field]
+  return out
 
 
 def fingerprint_parts(config: ml_collections.ConfigDict, stage: Stage,
@@ -280,7 +329,8 @@ def run_stage(config: ml_collections.ConfigDict, workdir: pathlib.Path, name: st
   marked `all_hosts`.
   """
   stage = _BY_NAME[name]
-  ctx = StageContext(workdir, name)
+  # The whole config goes along only as a record (train's config.json), never to read from.
+  ctx = StageContext(workdir, name, stage.inputs, config.to_json(indent=2))
   parts = fingerprint_parts(config, stage, workdir)
   fp = _hash(parts)
   done, started = ctx.dir / _DONE, ctx.dir / _STARTED
@@ -299,7 +349,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: pathlib.Path, name: st
       return read_summary(workdir, name)
     _wait_for(started, fp, f"preparing stage {name}")
     module = importlib.import_module(stage.module)
-    return dict(module.run(config, ctx) or {})
+    return dict(module.run(stage_config(config, stage), ctx) or {})
   same_attempt = started.exists() and started.read_text().strip() == fp
   if not stage.cached:
     why = "it runs every time"
@@ -316,7 +366,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: pathlib.Path, name: st
   logging.info("stage %s: running (%s): %s", name, fp, why)
   start = time.time()
   module = importlib.import_module(stage.module)
-  summary = dict(module.run(config, ctx) or {})
+  summary = dict(module.run(stage_config(config, stage), ctx) or {})
   summary["wall_s"] = round(time.time() - start, 2)
   write_json_atomic(ctx.dir / SUMMARY, summary)
   write_text_atomic(done, fp + "\n")

@@ -25,6 +25,8 @@ from gensar_jax.errors import PipelineError
 
 # Outputs change with the TFDS builder's version (bumped whenever processing changes).
 VERSION = str(tfds_builder.GensarAmazon.VERSION)
+INPUTS = ()
+CONFIG_KEYS = ("data",)
 
 
 def raw_dir(config, workdir: pathlib.Path) -> pathlib.Path:

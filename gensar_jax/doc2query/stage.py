@@ -38,6 +38,10 @@ _SEED_SALT = 11  # Folded into config.seed for this stage's model and sampling.
 _EXAMPLES = 8  # Items shown in the summary.
 _COMMON_FRAC = 0.1  # Words in more than this fraction of the queries are "common".
 
+INPUTS = ("data",)
+CONFIG_KEYS = ("doc2query",)
+ALSO_READS = ("mesh",)  # Device layout, not fingerprinted.
+
 
 def validate(config) -> None:
   """Checks the doc2query section."""

@@ -25,6 +25,9 @@ from gensar_jax.embed import outputs
 from gensar_jax.embed import sasrec
 from gensar_jax.embed import text_encoder
 
+INPUTS = ("data",)
+CONFIG_KEYS = ("embed",)
+
 
 def external_files(config, workdir: pathlib.Path) -> list[pathlib.Path]:
   """The text encoder folder, when one is given (the bundled one is pinned by version)."""

@@ -35,12 +35,18 @@ from gensar_jax.identifiers import table as id_table
 from gensar_jax.model import t5 as t5_lib
 from gensar_jax.train import checkpoint as ckpt_lib
 
+INPUTS = ("data", "identifiers", "train", "embed")
+CONFIG_KEYS = ("eval", "embed.text_encoder_dir", "embed.max_text_len")  # The dense baseline encodes.
+# Read but not fingerprinted: the mesh axis name, the dense baseline's encoding batch, and
+# GenSAR's recommendation window (fixed by the data input's fingerprint).
+ALSO_READS = ("mesh.data_axis", "embed.batch_size", "data.max_rec_his_len")
 
 
 def external_files(config, workdir) -> list[pathlib.Path]:
   """The text encoder folder of the dense baseline, when one is given."""
   del workdir
   return [pathlib.Path(config.embed.text_encoder_dir)] if config.embed.text_encoder_dir else []
+
 
 def validate(config) -> None:
   """Checks the eval section."""

@@ -28,6 +28,9 @@ from gensar_jax.identifiers import train as train_lib
 
 _SEED_SALT = 3  # Folded into config.seed so this stage's streams differ from others'.
 
+INPUTS = ("data", "embed")
+CONFIG_KEYS = ("identifiers",)
+
 
 def validate(config) -> None:
   """Checks the `identifiers` section; raises `PipelineError` with one clear message."""

@@ -51,6 +51,9 @@ TASKS = {"recommend": "recommendation", "search": "search"}
 FIELDS = ("id", "task", "history", "query", "k", "candidates")
 _CHUNK = 256  # Requests handed to the model at once (it batches them further).
 
+INPUTS = ("train", "data")  # The model; the catalog and the test split (example requests).
+CONFIG_KEYS = ("infer",)
+
 
 def validate(config) -> None:
   """Checks the infer section."""

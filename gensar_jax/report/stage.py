@@ -23,6 +23,11 @@ RESULTS_MD = "results.md"
 RESULTS_JSON = "results.json"
 IDENTIFIERS = "identifiers"  # The stage whose summary holds the collision rates.
 
+INPUTS = ("data", "identifiers", "eval", "train")
+OPTIONAL_INPUTS = ("train",)  # Its metrics.jsonl, for training.png.
+CONFIG_KEYS = ("report",)
+ALSO_READS = ("data.category",)  # The title (fixed by the data input's fingerprint).
+
 
 def collision_rates(workdir: pathlib.Path) -> dict[str, dict[str, float]]:
   """{run: {kind: collision rate before resolution}} for this run and its ablations."""

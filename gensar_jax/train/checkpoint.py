@@ -113,17 +113,21 @@ class Checkpointer:
 
 
 def write_decoding_files(
-    train_dir: pathlib.Path, config: ml_collections.ConfigDict, t5_config: t5_lib.T5Config,
+    train_dir: pathlib.Path, config_json: str, t5_config: t5_lib.T5Config,
     tokenizer, identifiers_path: pathlib.Path,
 ) -> None:
-  """Writes what decoding needs besides the parameters (tokenizer, identifiers, configs)."""
+  """Writes what decoding needs besides the parameters (tokenizer, identifiers, configs).
+
+  Args:
+    config_json: the whole pipeline config as JSON (`ConfigDict.to_json(indent=2)`).
+  """
   train_dir = pathlib.Path(train_dir)
   tokenizer.save(train_dir / TOKENIZER)
   src = pathlib.Path(identifiers_path)
   if src.suffix != ".npz":
     src = src / id_table.FILENAME
   shutil.copyfile(src, train_dir / id_table.FILENAME)
-  atomic.write_text_atomic(train_dir / CONFIG, config.to_json(indent=2) + "\n")
+  atomic.write_text_atomic(train_dir / CONFIG, config_json + "\n")
   atomic.write_json_atomic(train_dir / MODEL_CONFIG, t5_config.to_dict())
   atomic.write_json_atomic(train_dir / DECODING, {
       "tokenizer": tokenizer.fingerprint(),

@@ -41,6 +41,15 @@ from gensar_jax.train import loop
 
 _SEED_SALT = 5  # Folded into config.seed for the model's initialisation.
 
+INPUTS = ("data", "identifiers", "doc2query")
+OPTIONAL_INPUTS = ("doc2query",)
+# The eval settings that choose the best checkpoint (validation ranks like eval).
+CONFIG_KEYS = ("model", "tokenizer", "tasks", "train", "mesh", "eval.beam_size", "eval.score",
+               "eval.rank")
+# Read but not fingerprinted: validation's decoding batch; whether ad-hoc search is on
+# (fixed by the doc2query input's fingerprint).
+ALSO_READS = ("eval.batch_size", "doc2query.enabled")
+
 
 def external_files(config, workdir) -> list[pathlib.Path]:
   """The tokenizer and checkpoint folders it starts from, when given."""
@@ -82,7 +91,11 @@ def validate(config) -> None:
 
 
 def load_pseudo_queries(config, ctx: context.StageContext, item_ids: np.ndarray):
-  """Per item its doc2query pseudo-queries, or None (ad-hoc search off or not run)."""
+  """Per item its doc2query pseudo-queries, or None (ad-hoc search off or not run).
+
+  `doc2query.enabled` is read, not fingerprinted: the doc2query stage's fingerprint (an
+  input of this one) holds it, and that stage writes no pseudo-queries when it is off.
+  """
   if not config.doc2query.enabled or not ctx.has_input("doc2query"):
     return None
   return d2q_outputs.load_pseudo_queries(ctx.input_dir("doc2query"), item_ids)
@@ -157,7 +170,8 @@ def run(config, ctx: context.StageContext) -> dict:
   model, params = make_model(config, tokenizer.vocab_size)
   params = init_code_embeddings(config, params, tokenizer, ids_dir)
   if jax.process_index() == 0:
-    ckpt_lib.write_decoding_files(ctx.dir, config, model.config, tokenizer, ids_dir)
+    record = ctx.config_record if ctx.config_record is not None else config.to_json(indent=2)
+    ckpt_lib.write_decoding_files(ctx.dir, record, model.config, tokenizer, ids_dir)
   logging.info("train: vocabulary %d, %d parameters, epoch mixture %s", tokenizer.vocab_size,
                sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)),
                builder.epoch_counts(train_rows))
