@@ -18,7 +18,7 @@ import tensorflow_datasets as tfds
 from gensar_jax import atomic
 from gensar_jax import context
 from gensar_jax.data import dataset
-from gensar_jax.data import process as process_lib
+from gensar_jax.data import params as params_lib
 from gensar_jax.data import raw
 from gensar_jax.data import tfds_builder
 from gensar_jax.errors import PipelineError
@@ -34,14 +34,11 @@ def raw_dir(config, workdir: pathlib.Path) -> pathlib.Path:
   return pathlib.Path(config.data.raw_dir) if config.data.raw_dir else workdir / "raw"
 
 
-def params_of(config) -> process_lib.Params:
+def params_of(config) -> params_lib.Params:
   """Processing parameters from the `data` section and the seed."""
   d = config.data
-  return process_lib.Params(
-      category=d.category, max_rec_his_len=d.max_rec_his_len,
-      max_src_his_len=d.max_src_his_len, min_targets=d.min_targets,
-      num_negatives=d.num_negatives, query_min_word_count=d.query_min_word_count,
-      bm25_top_k=d.bm25_top_k, seed=config.seed)
+  return params_lib.Params(category=d.category, seed=config.seed,
+                           **{f: d[f] for f in params_lib.PROCESSING_FIELDS})
 
 
 def external_files(config, workdir: pathlib.Path) -> list[pathlib.Path]:

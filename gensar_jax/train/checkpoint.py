@@ -94,13 +94,6 @@ class Checkpointer:
     ))
     return r.params, r.opt_state, dict(r.meta)
 
-  def best_meta(self) -> dict | None:
-    """The meta record of the best checkpoint (None when there is none)."""
-    step = self.best.latest_step()
-    if step is None:
-      return None
-    return dict(self.best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
-
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are written."""
     self.periodic.wait_until_finished()
