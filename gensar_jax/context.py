@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import pathlib
+from collections.abc import Callable
 
 from gensar_jax.errors import PipelineError
 
@@ -26,14 +27,14 @@ class StageContext:
     name: this stage's name (its directory under the workdir).
     inputs: the stages it declares it reads (`INPUTS` of its module); None allows any
       (a stage run by hand, as tests do).
-    config_record: the run's whole config as JSON, to record beside outputs (the train
-      stage's `config.json`); settings are read from the stage's own config only.
+    config_record: returns the run's whole config as JSON, to record beside outputs (the
+      train stage's `config.json`); settings are read from the stage's own config only.
   """
 
   workdir: pathlib.Path
   name: str
   inputs: tuple[str, ...] | None = None
-  config_record: str | None = None
+  config_record: Callable[[], str] | None = None
 
   @property
   def dir(self) -> pathlib.Path:

@@ -11,17 +11,19 @@ stage module declares what it reads:
                    decoding batch sizes, facts already fixed by an input's fingerprint).
 `run` gets the config restricted to those keys plus the top-level scalars (`seed`,
 `distributed`, ...): reading anything else raises. `validate` sees the whole config
-(cross-section checks). A stage keeps its
-outputs under `<workdir>/<stage>/` and is skipped when its fingerprint (its config
-sections plus the fingerprints of the stages it reads) matches the one recorded when
-it last finished. A run that was cut off leaves a `started` fingerprint: the same
-config resumes into the same directory (the train stage continues from its last
-checkpoint), a different config starts the stage afresh.
+(cross-section checks).
+
+A stage keeps its outputs under `<workdir>/<stage>/` and is skipped when its
+fingerprint (its config sections plus the fingerprints of the stages it reads) matches
+the one recorded when it last finished. A run that was cut off leaves a `started`
+fingerprint: the same config resumes into the same directory (the train stage
+continues from its last checkpoint), a different config starts the stage afresh.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib
 import json
@@ -330,7 +332,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: pathlib.Path, name: st
   """
   stage = _BY_NAME[name]
   # The whole config goes along only as a record (train's config.json), never to read from.
-  ctx = StageContext(workdir, name, stage.inputs, config.to_json(indent=2))
+  ctx = StageContext(workdir, name, stage.inputs, functools.partial(config.to_json, indent=2))
   parts = fingerprint_parts(config, stage, workdir)
   fp = _hash(parts)
   done, started = ctx.dir / _DONE, ctx.dir / _STARTED

@@ -7,9 +7,9 @@ decoding needs next to the checkpoints (`checkpoint.write_decoding_files`), and 
 with `loop.train`. Validation decodes the last `train.eval_rows` validation rows of
 each task against their stored candidates with the ranker eval and inference use
 (`gensar_jax.ranking.GenerativeRanker`, ranking by `eval.rank` and `eval.score`, which
-the stage declares as inputs of its fingerprint); the best checkpoint is the best mean NDCG@5 over the
-tasks. `curve.json` / `curve.png` hold the validation curve against wall-clock minutes
-(the experiment harness: `train.max_minutes` gives runs an equal budget).
+the stage declares in `CONFIG_KEYS`); the best checkpoint is the best mean NDCG@5 over
+the tasks. `curve.json` / `curve.png` hold the validation curve against wall-clock
+minutes (the experiment harness: `train.max_minutes` gives runs an equal budget).
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def run(config, ctx: context.StageContext) -> dict:
   model, params = make_model(config, tokenizer.vocab_size)
   params = init_code_embeddings(config, params, tokenizer, ids_dir)
   if jax.process_index() == 0:
-    record = ctx.config_record if ctx.config_record is not None else config.to_json(indent=2)
+    record = ctx.config_record() if ctx.config_record else config.to_json(indent=2)
     ckpt_lib.write_decoding_files(ctx.dir, record, model.config, tokenizer, ids_dir)
   logging.info("train: vocabulary %d, %d parameters, epoch mixture %s", tokenizer.vocab_size,
                sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)),
