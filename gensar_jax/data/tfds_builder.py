@@ -34,10 +34,10 @@ import tensorflow_datasets as tfds
 from gensar_jax.data import params as params_lib
 from gensar_jax.data import process as process_lib
 from gensar_jax.data import schema
+from gensar_jax.data.dataset import CATALOG_JSON  # The catalog's files (the reader's names).
+from gensar_jax.data.dataset import CATALOG_NPZ
 from gensar_jax.errors import PipelineError
 
-CATALOG_JSON = "catalog.json"
-CATALOG_NPZ = "catalog.npz"
 # One record per chunk (random access, as TFDS writes them), uncompressed: a row is
 # ~0.4-1.3 kB of varints that per-record compression shrinks by only ~5%, while it
 # costs ~7x the write time and ~10x the random-read time.

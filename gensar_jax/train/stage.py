@@ -145,8 +145,7 @@ def init_code_embeddings(config, params, tokenizer: tok_lib.Tokenizer, ids_dir):
   """`config.model.code_init == "codebook"`: code-token rows from the quantizer's codebooks."""
   if config.model.code_init == "random":
     return params
-  with np.load(ids_dir / id_build.PARAMS_FILENAME, allow_pickle=False) as f:
-    codebooks = code_init.quantizer_codebooks({k: f[k] for k in f.files})
+  codebooks = code_init.quantizer_codebooks(id_build.load_flat_params(ids_dir))
   emb = params["params"]["shared"]["embedding"]
   new = code_init.apply(np.asarray(emb), codebooks, tokenizer.level_offsets,
                         int(config.seed) + _SEED_SALT)
