@@ -14,6 +14,8 @@ Every field below can be overridden with `--config.<section>.<field>=value`.
 
 import ml_collections
 
+from gensar_jax.data import params as data_params
+
 PRESETS = ("paper", "cpu")
 
 
@@ -32,6 +34,23 @@ def parse_arg(arg: str | None) -> dict[str, str]:
   if out["preset"] not in PRESETS:
     raise ValueError(f"preset must be one of {PRESETS}, got {out['preset']!r}")
   return out
+
+
+def add_t5_sizes(m: ml_collections.ConfigDict, paper: bool,
+                 relative_attention: bool = False) -> ml_collections.ConfigDict:
+  """Adds a T5's size fields (the main model's and doc2query's) to `m`, in order."""
+  m.d_model = 512 if paper else 128  # Hidden width.
+  m.d_ff = 2048 if paper else 512  # Feed-forward width.
+  m.num_encoder_layers = 6 if paper else 2  # Encoder blocks.
+  m.num_decoder_layers = 6 if paper else 2  # Decoder blocks.
+  m.num_heads = 8 if paper else 4  # Attention heads.
+  m.d_kv = 64 if paper else 32  # Per-head key/value width.
+  if relative_attention:  # The main model's (doc2query's T5 uses T5Config's defaults).
+    m.relative_attention_num_buckets = 32  # Relative position buckets.
+    m.relative_attention_max_distance = 128  # Largest distinguished relative distance.
+  m.dropout_rate = 0.1  # Dropout during training.
+  m.dtype = "float32"  # Activation dtype ("bfloat16" for bf16 training).
+  return m
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -54,12 +73,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   d.demo = False  # Generate the embedded synthetic demo world into raw_dir first.
   d.demo_users = 600  # Demo world: number of users.
   d.demo_items = 300  # Demo world: number of items.
-  d.max_rec_his_len = 5  # Recommendation events kept in a target's history.
-  d.max_src_his_len = 5  # Search sessions kept in a target's history.
-  d.min_targets = 3  # A user is kept for a task with at least this many targets.
-  d.num_negatives = 99  # Negatives per validation/test target (candidates = 1 + this).
-  d.query_min_word_count = 5  # Built queries keep words seen at least this often in reviews.
-  d.bm25_top_k = 200  # BM25 hits retrieved per search target before removing the positive.
+  # Processing: max_rec_his_len = 5, max_src_his_len = 5, min_targets = 3, num_negatives = 99,
+  # query_min_word_count = 5, bm25_top_k = 200 (the paper's protocol), each field
+  # defaulted and commented once, in gensar_jax/data/params.py.
+  d.update(data_params.processing_defaults())
 
   # -------------------------------------------------------------- embed (DESIGN §2)
   c.embed = e = ml_collections.ConfigDict()
@@ -110,15 +127,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   g.max_text_len = 128 if paper else 64  # Token limit of the item text (encoder input).
   g.max_query_len = 16  # Token limit of a query (generated tokens, eos included).
   g.generate_batch_size = 64  # Items per generation batch.
-  g.model = gm = ml_collections.ConfigDict()
-  gm.d_model = 512 if paper else 128  # Hidden width.
-  gm.d_ff = 2048 if paper else 512  # Feed-forward width.
-  gm.num_encoder_layers = 6 if paper else 2  # Encoder blocks.
-  gm.num_decoder_layers = 6 if paper else 2  # Decoder blocks.
-  gm.num_heads = 8 if paper else 4  # Attention heads.
-  gm.d_kv = 64 if paper else 32  # Per-head key/value width.
-  gm.dropout_rate = 0.1  # Dropout during training.
-  gm.dtype = "float32"  # Activation dtype.
+  g.model = add_t5_sizes(ml_collections.ConfigDict(), paper)  # Its T5: the main model's sizes.
   g.train = gt = ml_collections.ConfigDict()
   gt.learning_rate = 1e-3 if paper else 2e-3  # Peak AdamW learning rate.
   gt.warmup_frac = 0.05  # Fraction of steps of linear warmup before cosine decay.
@@ -141,16 +150,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.model = m = ml_collections.ConfigDict()
   m.init_checkpoint_dir = ""  # Local HF T5 folder to start from ("" = from scratch).
-  m.d_model = 512 if paper else 128  # Hidden width.
-  m.d_ff = 2048 if paper else 512  # Feed-forward width.
-  m.num_encoder_layers = 6 if paper else 2  # Encoder blocks.
-  m.num_decoder_layers = 6 if paper else 2  # Decoder blocks.
-  m.num_heads = 8 if paper else 4  # Attention heads.
-  m.d_kv = 64 if paper else 32  # Per-head key/value width.
-  m.relative_attention_num_buckets = 32  # Relative position buckets.
-  m.relative_attention_max_distance = 128  # Largest distinguished relative distance.
-  m.dropout_rate = 0.1  # Dropout during training.
-  m.dtype = "float32"  # Activation dtype ("bfloat16" for bf16 training).
+  add_t5_sizes(m, paper, relative_attention=True)
   m.code_init = "random"  # Code-token embeddings: "random", or "codebook" (the quantizer's code vectors, projected).
 
   # ------------------------------------------------------------- tasks (DESIGN §4)

@@ -48,6 +48,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from gensar_jax.evaluation import outputs as eval_outputs
 from gensar_jax.train import curve as curve_lib
 
 TASKS = ("recommendation", "search")
@@ -76,7 +77,7 @@ def record(workdir: str | pathlib.Path, name: str, command: str, note: str = "")
   best = train.get("best_validation") or {}
   out["best_validation"] = {t: {"ndcg@10": best.get(f"{t}/ndcg@10"),
                                 "ndcg@10_se": best.get(f"{t}/ndcg@10_se")} for t in TASKS}
-  metrics = _read(workdir / "eval" / "metrics.json")
+  metrics = eval_outputs.run_metrics(workdir)
   if metrics is not None:
     test = {}
     for t in TASKS:
@@ -159,8 +160,8 @@ def _ranker(workdir: pathlib.Path, score: str | None = None):
   """(the best checkpoint's bundle, its GenerativeRanker) of a run, as eval builds them."""
   # pylint: disable=g-import-not-at-top
   from gensar_jax import tasks as tasks_lib
+  from gensar_jax import ranking
   from gensar_jax.data import dataset
-  from gensar_jax.evaluation import generative
   from gensar_jax.model import t5 as t5_lib
   from gensar_jax.train import checkpoint as ckpt_lib
   # pylint: enable=g-import-not-at-top
@@ -169,7 +170,7 @@ def _ranker(workdir: pathlib.Path, score: str | None = None):
   cfg = bundle.config
   builder = tasks_lib.TaskBuilder(dataset.load_catalog(workdir / "data"), bundle.identifiers,
                                   cfg.tasks)
-  ranker = generative.GenerativeRanker(
+  ranker = ranking.GenerativeRanker(
       t5_lib.T5(bundle.t5_config), bundle.tokenizer, builder, beam_size=cfg.eval.beam_size,
       batch_size=cfg.eval.batch_size, max_source_len=cfg.tasks.max_source_len,
       score=score or cfg.eval.score)
@@ -184,8 +185,8 @@ def rescore(workdir: str | pathlib.Path, score: str, rows: int = 0) -> dict:
   """
   # pylint: disable=g-import-not-at-top
   from gensar_jax.data import dataset
-  from gensar_jax.evaluation import generative
-  from gensar_jax.evaluation import metrics as metrics_lib
+  from gensar_jax import metrics as metrics_lib
+  from gensar_jax import ranking
   # pylint: enable=g-import-not-at-top
 
   workdir = pathlib.Path(workdir)
@@ -195,7 +196,7 @@ def rescore(workdir: str | pathlib.Path, score: str, rows: int = 0) -> dict:
     test = dataset.load_rows(workdir / "data", task, "test")
     if rows:
       test = {k: v[:rows] for k, v in test.items()}
-    got = ranker.row_ranks(bundle.params, task, test, generative.MODES, "exact", compare=True)
+    got = ranker.row_ranks(bundle.params, task, test, ranking.MODES, "exact", compare=True)
     out[task] = {m: metrics_lib.metrics_from_ranks(r) for m, r in got.items()
                  if m in ("sampled_beam", "sampled_exact", "full")}
     out[task]["agreement"] = got["agreement"]
@@ -226,7 +227,7 @@ def compare(workdir_a: str | pathlib.Path, workdir_b: str | pathlib.Path) -> dic
   Validation rows only: recipes are chosen here, never on test rows.
   """
   # pylint: disable=g-import-not-at-top
-  from gensar_jax.evaluation import metrics as metrics_lib
+  from gensar_jax import metrics as metrics_lib
   # pylint: enable=g-import-not-at-top
 
   a, b = validation_ranks(workdir_a), validation_ranks(workdir_b)
@@ -269,8 +270,10 @@ def main(argv: Sequence[str]) -> None:
       print(f"  {task}: " + ", ".join(cells) + f"; agreement {per_mode['agreement']}")
     return
   if argv[1] == "seeds":
-    found = [json.loads((pathlib.Path(w) / "eval" / "metrics.json").read_text())
-             for w in argv[2:]]
+    found = [eval_outputs.run_metrics(w) for w in argv[2:]]
+    missing = [w for w, m in zip(argv[2:], found) if m is None]
+    if missing:
+      raise app.UsageError(f"no eval metrics in {missing}")
     print(seeds_markdown(seed_summary(found), len(found)))
     return
   if argv[1] == "record":

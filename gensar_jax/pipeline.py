@@ -1,17 +1,29 @@
 """The stage runner: ordered stages, caching by fingerprint, one summary per stage.
 
 Every stage is a module with `run(config, ctx) -> dict` (the summary) and optionally
-`validate(config)` (raise `PipelineError` with one clear message). A stage keeps its
-outputs under `<workdir>/<stage>/` and is skipped when its fingerprint (its config
-sections plus the fingerprints of the stages it reads) matches the one recorded when
-it last finished. A run that was cut off leaves a `started` fingerprint: the same
-config resumes into the same directory (the train stage continues from its last
-checkpoint), a different config starts the stage afresh.
+`validate(config)` (raise `PipelineError` with one clear message). Beside its code a
+stage module declares what it reads:
+  INPUTS           the stages whose outputs it reads (`ctx.input_dir` refuses others);
+  OPTIONAL_INPUTS  those of them it can do without (it checks `ctx.has_input`);
+  CONFIG_KEYS      the config sections, or single fields ("section.field"), that
+                   determine its outputs (they enter its fingerprint);
+  ALSO_READS       config keys it reads that do not enter its fingerprint (device layout,
+                   decoding batch sizes, facts already fixed by an input's fingerprint).
+`run` gets the config restricted to those keys plus the top-level scalars (`seed`,
+`distributed`, ...): reading anything else raises. `validate` sees the whole config
+(cross-section checks).
+
+A stage keeps its outputs under `<workdir>/<stage>/` and is skipped when its
+fingerprint (its config sections plus the fingerprints of the stages it reads) matches
+the one recorded when it last finished. A run that was cut off leaves a `started`
+fingerprint: the same config resumes into the same directory (the train stage
+continues from its last checkpoint), a different config starts the stage afresh.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib
 import json
@@ -25,70 +37,90 @@ from absl import logging
 import ml_collections
 
 from gensar_jax import file_digests
-from gensar_jax.errors import PipelineError  # Re-exported: stages raise pipeline.PipelineError.
+# Re-exported for callers of the runner (tests, scripts); stages import them from below.
+from gensar_jax.atomic import write_json_atomic
+from gensar_jax.atomic import write_text_atomic
+from gensar_jax.context import DONE as _DONE
+from gensar_jax.context import read_summary
+from gensar_jax.context import StageContext
+from gensar_jax.context import SUMMARY
+from gensar_jax.errors import PipelineError
 
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  """One pipeline stage.
+  """One pipeline stage: its name, its module, and how the runner schedules it.
+
+  What it reads (`inputs`, `optional`, `config_keys`, `also_reads`) is declared in its
+  module (`INPUTS`, `OPTIONAL_INPUTS`, `CONFIG_KEYS`, `ALSO_READS`) and read from there
+  when first asked; a value given here instead (tests' fake stages) takes precedence.
 
   Attributes:
     name: directory name under the workdir and the name used in `config.stages`.
     module: module holding `run(config, ctx)` (and optionally `validate(config)`).
-    inputs: stages whose outputs this one reads.
-    config_keys: config sections (or single fields, "section.field") that determine
-      this stage's outputs.
+    given_inputs: stages whose outputs this one reads (None: the module's `INPUTS`).
+    given_config_keys: config sections (or single fields, "section.field") that
+      determine this stage's outputs (None: the module's `CONFIG_KEYS`).
     cached: whether a finished stage is skipped when its fingerprint is unchanged.
     all_hosts: in a multi-host run, whether every process runs it (sharded work:
       training, decoding); otherwise process 0 runs it and the others wait for it.
-    optional: inputs the stage can do without (it checks `has_input`).
+    given_optional: inputs the stage can do without (None: `OPTIONAL_INPUTS`, or none).
     refresh: rerun it, though not selected, when it has run in this workdir before and
       one of its inputs was rebuilt by this invocation (the report follows eval).
   """
 
   name: str
   module: str
-  inputs: tuple[str, ...]
-  config_keys: tuple[str, ...]
+  given_inputs: tuple[str, ...] | None = None
+  given_config_keys: tuple[str, ...] | None = None
   cached: bool = True
   all_hosts: bool = False
-  optional: tuple[str, ...] = ()
+  given_optional: tuple[str, ...] | None = None
   refresh: bool = False
+
+  def _declared(self, attr: str, given, required: bool = True) -> tuple[str, ...]:
+    if given is not None:
+      return tuple(given)
+    module = importlib.import_module(self.module)
+    if required and not hasattr(module, attr):
+      raise PipelineError(f"stage module {self.module} does not declare {attr}")
+    return tuple(getattr(module, attr, ()))
+
+  @property
+  def inputs(self) -> tuple[str, ...]:
+    return self._declared("INPUTS", self.given_inputs)
+
+  @property
+  def config_keys(self) -> tuple[str, ...]:
+    return self._declared("CONFIG_KEYS", self.given_config_keys)
+
+  @property
+  def optional(self) -> tuple[str, ...]:
+    return self._declared("OPTIONAL_INPUTS", self.given_optional, required=False)
+
+  @property
+  def also_reads(self) -> tuple[str, ...]:
+    given = () if self.given_config_keys is not None else None
+    return self._declared("ALSO_READS", given, required=False)
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("data", "gensar_jax.data.stage", (), ("data",)),
-    Stage("embed", "gensar_jax.embed.stage", ("data",), ("embed",)),
-    Stage("identifiers", "gensar_jax.identifiers.stage", ("data", "embed"), ("identifiers",)),
-    Stage("doc2query", "gensar_jax.doc2query.stage", ("data",), ("doc2query",), all_hosts=True),
-    Stage(
-        "train",
-        "gensar_jax.train.stage",
-        ("data", "identifiers", "doc2query"),
-        # The eval settings that choose the best checkpoint (validation ranks like eval).
-        ("model", "tokenizer", "tasks", "train", "mesh", "eval.beam_size", "eval.score",
-         "eval.rank"),
-        all_hosts=True,
-        optional=("doc2query",),
-    ),
-    Stage(
-        "eval", "gensar_jax.evaluation.stage", ("data", "identifiers", "train", "embed"),
-        ("eval", "embed.text_encoder_dir", "embed.max_text_len"),  # The dense baseline encodes.
-        all_hosts=True,
-    ),
-    Stage("report", "gensar_jax.report.stage", ("data", "identifiers", "eval"), ("report",),
-          cached=False, refresh=True),
-    Stage("infer", "gensar_jax.inference.stage", ("train",), ("infer",), cached=False, all_hosts=True),
+    Stage("data", "gensar_jax.data.stage"),
+    Stage("embed", "gensar_jax.embed.stage"),
+    Stage("identifiers", "gensar_jax.identifiers.stage"),
+    Stage("doc2query", "gensar_jax.doc2query.stage", all_hosts=True),
+    Stage("train", "gensar_jax.train.stage", all_hosts=True),
+    Stage("eval", "gensar_jax.evaluation.stage", all_hosts=True),
+    Stage("report", "gensar_jax.report.stage", cached=False, refresh=True),
+    Stage("infer", "gensar_jax.inference.stage", cached=False, all_hosts=True),
 )
 _BY_NAME = {s.name: s for s in STAGES}
 # Stages that run when `config.stages` is "all" (inference needs a request file).
 _DEFAULT_EXCLUDED = ("infer",)
 
 _STARTED = ".started"
-_DONE = ".done"
 _PARTS = ".fingerprint.json"  # What the last run's fingerprint hashed (to say why a stage reruns).
 DIGEST_CACHE = ".file_digests.json"  # SHA-256 of outside files by (path, size, mtime).
-SUMMARY = "summary.json"
 
 
 def parse_stages(spec: str) -> list[str]:
@@ -104,33 +136,6 @@ def parse_stages(spec: str) -> list[str]:
   return [s.name for s in STAGES if s.name in names]
 
 
-@dataclasses.dataclass(frozen=True)
-class StageContext:
-  """What a stage's `run` gets besides the config: where to read and write."""
-
-  workdir: pathlib.Path
-  name: str
-
-  @property
-  def dir(self) -> pathlib.Path:
-    """This stage's output directory (exists when `run` is called)."""
-    return self.workdir / self.name
-
-  def input_dir(self, stage: str) -> pathlib.Path:
-    """The output directory of a finished upstream stage."""
-    path = self.workdir / stage
-    if not (path / _DONE).exists():
-      raise PipelineError(
-          f"stage '{self.name}' needs the outputs of stage '{stage}' in {path}; "
-          f"run it first (add '{stage}' to --config.stages)"
-      )
-    return path
-
-  def has_input(self, stage: str) -> bool:
-    """Whether an optional upstream stage has finished."""
-    return (self.workdir / stage / _DONE).exists()
-
-
 def _section(config: ml_collections.ConfigDict, key: str) -> Any:
   """A config section (`"train"`) or one field of one (`"eval.score"`), as plain data."""
   value = config
@@ -139,6 +144,30 @@ def _section(config: ml_collections.ConfigDict, key: str) -> Any:
   if isinstance(value, ml_collections.ConfigDict):
     return value.to_dict()
   return value
+
+
+def stage_config(config: ml_collections.ConfigDict, stage: Stage) -> ml_collections.ConfigDict:
+  """The config a stage's `run` sees: the top-level scalars (`seed`, `distributed`, ...)
+  and the sections or fields it declares (`config_keys` and `also_reads`), nothing else;
+  a section named by single fields ("eval.beam_size") holds only those fields."""
+  out = ml_collections.ConfigDict()
+  for key, value in config.items():
+    if not isinstance(value, ml_collections.ConfigDict):
+      out[key] = value
+  whole = set()
+  for key in stage.config_keys + stage.also_reads:
+    section, _, field = key.partition(".")
+    if section not in config:
+      raise PipelineError(f"stage '{stage.name}' declares config key {key!r}, which the "
+                          "config does not have")
+    if not field:
+      out[section] = config[section]
+      whole.add(section)
+    elif section not in whole:
+      if section not in out:
+        out[section] = ml_collections.ConfigDict()
+      out[section][field] = config[section][field]
+  return out
 
 
 def fingerprint_parts(config: ml_collections.ConfigDict, stage: Stage,
@@ -209,33 +238,6 @@ def _why(parts: dict[str, Any], record: pathlib.Path) -> str:
     else:
       said.append(f"{key} changed")
   return "; ".join(said) or "its earlier run did not finish"
-
-
-def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-  """Writes JSON to `path` through a temporary file and a rename."""
-  path = pathlib.Path(path)
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
-  os.replace(tmp, path)
-
-
-def write_text_atomic(path: pathlib.Path, text: str) -> None:
-  """Writes text to `path` through a temporary file and a rename."""
-  path = pathlib.Path(path)
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
-
-
-def _json_default(obj: Any) -> Any:
-  if hasattr(obj, "tolist"):
-    return obj.tolist()
-  raise TypeError(f"not JSON serialisable: {type(obj)}")
-
-
-def read_summary(workdir: str | os.PathLike, stage: str) -> dict:
-  """The `summary.json` a finished stage wrote."""
-  return json.loads((pathlib.Path(workdir) / stage / SUMMARY).read_text())
 
 
 def check_inputs(config: ml_collections.ConfigDict, workdir: pathlib.Path,
@@ -329,7 +331,8 @@ def run_stage(config: ml_collections.ConfigDict, workdir: pathlib.Path, name: st
   marked `all_hosts`.
   """
   stage = _BY_NAME[name]
-  ctx = StageContext(workdir, name)
+  # The whole config goes along only as a record (train's config.json), never to read from.
+  ctx = StageContext(workdir, name, stage.inputs, functools.partial(config.to_json, indent=2))
   parts = fingerprint_parts(config, stage, workdir)
   fp = _hash(parts)
   done, started = ctx.dir / _DONE, ctx.dir / _STARTED
@@ -348,7 +351,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: pathlib.Path, name: st
       return read_summary(workdir, name)
     _wait_for(started, fp, f"preparing stage {name}")
     module = importlib.import_module(stage.module)
-    return dict(module.run(config, ctx) or {})
+    return dict(module.run(stage_config(config, stage), ctx) or {})
   same_attempt = started.exists() and started.read_text().strip() == fp
   if not stage.cached:
     why = "it runs every time"
@@ -365,7 +368,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: pathlib.Path, name: st
   logging.info("stage %s: running (%s): %s", name, fp, why)
   start = time.time()
   module = importlib.import_module(stage.module)
-  summary = dict(module.run(config, ctx) or {})
+  summary = dict(module.run(stage_config(config, stage), ctx) or {})
   summary["wall_s"] = round(time.time() - start, 2)
   write_json_atomic(ctx.dir / SUMMARY, summary)
   write_text_atomic(done, fp + "\n")

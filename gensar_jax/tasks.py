@@ -37,6 +37,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from gensar_jax import prompts as prompts_lib
+from gensar_jax import task_kinds
 from gensar_jax import tokens
 from gensar_jax.data import schema
 from gensar_jax.identifiers import table as id_table
@@ -186,9 +187,9 @@ class TaskBuilder:
     self.max_text_words = int(tasks_config.max_text_tokens)
     self.shares = check_shares(dict(tasks_config.shares))
     self.pseudo_queries = pseudo_queries
-    sem, col = identifiers.semantic, identifiers.collaborative
-    self._sem_id = [tokens.identifier_text(sem.level_names, c) for c in sem.codes]
-    self._col_id = [tokens.identifier_text(col.level_names, c) for c in col.codes]
+    self._id_text = {  # {identifier kind: [N] identifier texts}
+        kind: [tokens.identifier_text(t.level_names, c) for c in t.codes]
+        for kind, t in ((k, getattr(identifiers, k)) for k in task_kinds.KINDS)}
     self._queries = [_truncate_words(q, self.max_query_words) for q in catalog.queries]
     self._texts = [
         _truncate_words(catalog.item_text(i), self.max_text_words)
@@ -202,11 +203,11 @@ class TaskBuilder:
 
   def rec_item(self, item: int) -> str:
     """An item in a recommendation context: `<R_I>` + collaborative identifier."""
-    return self._b(tokens.REC_ITEM) + self._col_id[item]
+    return self.target_text("recommendation", item)
 
   def search_item(self, item: int) -> str:
     """An item in a search context: `<S_I>` + semantic identifier."""
-    return self._b(tokens.SEARCH_ITEM) + self._sem_id[item]
+    return self.target_text("search", item)
 
   def query(self, q: int | str) -> str:
     """A query: `<S_Q>` + its words (at most `max_query_tokens` words)."""
@@ -241,12 +242,12 @@ class TaskBuilder:
     return self.history_entries(events)
 
   def target_text(self, task: str, item: int) -> str:
-    """The response for an item of a task ("recommendation" / "search"): token + id."""
-    if task == "recommendation":
-      return self.rec_item(int(item))
-    if task == "search":
-      return self.search_item(int(item))
-    raise ValueError(f"unknown task {task!r}")
+    """The response for an item of a task ("recommendation" / "search"): token + id
+    (`gensar_jax.task_kinds`)."""
+    if task not in task_kinds.TASK_KINDS:
+      raise ValueError(f"unknown task {task!r}")
+    kind, token = task_kinds.TASK_KINDS[task]
+    return self._b(token) + self._id_text[kind][int(item)]
 
   def eval_source(self, task: str, row: Mapping[str, np.ndarray]) -> prompts_lib.Prompt:
     """The decoding prompt of one validation/test row (DESIGN §6, paper Fig. 3).
@@ -268,11 +269,11 @@ class TaskBuilder:
       query: the search query (index into the catalog's queries, or text).
     """
     if task == "recommendation":
-      return self._history_prompt("nrip", 0, history, tokens.REC_ITEM)
+      return self._history_prompt("nrip", 0, history, task_kinds.ITEM_TOKEN_OF_TASK[task])
     if task == "search":
       if query is None:
         raise ValueError("a search prompt needs a query")
-      return self._history_prompt("nsip", 0, history, tokens.SEARCH_ITEM,
+      return self._history_prompt("nsip", 0, history, task_kinds.ITEM_TOKEN_OF_TASK[task],
                                   query=self.query(query))
     raise ValueError(f"unknown task {task!r}")
 
@@ -387,7 +388,7 @@ class TaskBuilder:
       semantic = np.zeros(len(picked), bool)
       semantic[rng.permutation(len(picked))[: len(picked) // 2]] = True
       for item, sem in zip(picked, semantic):
-        ident = self._sem_id[item] if sem else self._col_id[item]
+        ident = self._id_text["semantic" if sem else "collaborative"][item]
         text = self._texts[item]
         if task == "desc2id":
           # An over-long description loses its last words, never the instruction.

@@ -6,6 +6,7 @@ import collections
 import gzip
 import json
 
+import grain.python as grain
 import ml_collections
 import numpy as np
 
@@ -174,8 +175,14 @@ def test_stage_writes_tfds_readable_through_data_source_and_grain(tmp_path):
   source = dataset.data_source(data_dir, "search", "test")
   assert len(source) == 2 and source[1]["negatives"].tolist() == [
       expected["search_test"]["negatives"][1, 0]]
-  batch = next(dataset.batches(data_dir, "recommendation", "test", 2, shuffle=False, seed=0,
-                               num_epochs=1, drop_remainder=True))
+  # The rows as grain batches (how a reader would stream them).
+  rec_source = dataset.data_source(data_dir, "recommendation", "test")
+  loader = grain.DataLoader(
+      data_source=rec_source,
+      sampler=grain.IndexSampler(num_records=len(rec_source), shard_options=grain.NoSharding(),
+                                 shuffle=False, num_epochs=1, seed=0),
+      operations=[grain.Batch(batch_size=2, drop_remainder=True)], worker_count=0)
+  batch = next(iter(loader))
   assert batch["history_item"].shape == (2, 10) and batch["negatives"].shape == (2, 1)
   np.testing.assert_array_equal(batch["item"], [1, 4])
   catalog = dataset.load_catalog(data_dir)

@@ -9,6 +9,7 @@ import pytest
 from gensar_jax import pipeline
 from gensar_jax.data import schema
 from gensar_jax.doc2query import model as d2q
+from gensar_jax.doc2query import outputs as d2q_outputs
 from gensar_jax.doc2query import stage as d2q_stage
 from gensar_jax.model import t5 as t5_lib
 from gensar_jax.model import tokenizer as tok_lib
@@ -148,7 +149,7 @@ def test_stage_reads_only_search_train_and_counts_pairs(staged):
 def test_planted_text_to_query_mapping_is_learned(staged):
   s = staged["summary"]
   assert s["train"]["loss_end"] < 0.2 * s["train"]["loss_start"]
-  blob = json.loads((staged["ctx"].dir / d2q_stage.QUERIES_FILE).read_text())
+  blob = json.loads((staged["ctx"].dir / d2q_outputs.QUERIES_FILE).read_text())
   names = list(CATEGORIES)
   with_text = [i for i, c in enumerate(staged["category"]) if c >= 0]
   right = sum(blob["queries"][i] == [CATEGORIES[names[staged["category"][i]]]]
@@ -163,7 +164,7 @@ def test_planted_text_to_query_mapping_is_learned(staged):
 
 def test_items_without_text_are_kept_and_counted(staged):
   s, catalog = staged["summary"], staged["catalog"]
-  blob = json.loads((staged["ctx"].dir / d2q_stage.QUERIES_FILE).read_text())
+  blob = json.loads((staged["ctx"].dir / d2q_outputs.QUERIES_FILE).read_text())
   assert blob["item_ids"] == catalog.item_ids.tolist()
   assert blob["queries"][97] == [] and blob["queries"][98] == []
   assert all(len(q) == 1 for q in blob["queries"][:97])
@@ -192,7 +193,7 @@ def test_generation_is_deterministic_for_a_seed(staged):
   config = _config()
   cfg = config.doc2query
   seed = int(config.seed) + d2q_stage._SEED_SALT  # pylint: disable=protected-access
-  blob = json.loads((staged["ctx"].dir / d2q_stage.QUERIES_FILE).read_text())
+  blob = json.loads((staged["ctx"].dir / d2q_outputs.QUERIES_FILE).read_text())
   assert _generate(staged, cfg, seed) == blob["queries"]
   # A flat distribution: another seed draws other queries, the same seed the same ones.
   hot = copy.deepcopy(cfg)
@@ -224,16 +225,16 @@ def test_disabled_stage_writes_nothing(tmp_path):
   ctx = _context(tmp_path)
   assert d2q_stage.run(config, ctx) == {"enabled": False}
   assert list(ctx.dir.iterdir()) == []
-  assert d2q_stage.load_pseudo_queries(ctx.dir, np.array(["A0000"])) is None
+  assert d2q_outputs.load_pseudo_queries(ctx.dir, np.array(["A0000"])) is None
 
 
 def test_load_pseudo_queries_checks_the_items(staged):
   d, ids = staged["ctx"].dir, staged["catalog"].item_ids
-  got = d2q_stage.load_pseudo_queries(d, ids)
-  assert got == json.loads((d / d2q_stage.QUERIES_FILE).read_text())["queries"]
+  got = d2q_outputs.load_pseudo_queries(d, ids)
+  assert got == json.loads((d / d2q_outputs.QUERIES_FILE).read_text())["queries"]
   for other in (ids[:-1], ids[::-1], np.concatenate([ids, ["B0000"]])):
     with pytest.raises(pipeline.PipelineError, match="other items"):
-      d2q_stage.load_pseudo_queries(d, other)
+      d2q_outputs.load_pseudo_queries(d, other)
 
 
 def test_too_few_training_pairs_is_a_clear_error(tmp_path, monkeypatch):

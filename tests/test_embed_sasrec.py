@@ -11,12 +11,12 @@ import jax
 import numpy as np
 import pytest
 
+from gensar_jax import metrics
 from gensar_jax import pipeline
 from gensar_jax.data import dataset
 from gensar_jax.data import schema
+from gensar_jax.embed import outputs as embed_outputs
 from gensar_jax.embed import sasrec
-from gensar_jax.embed import stage as embed_stage
-from gensar_jax.evaluation import metrics
 from tests import test_embed_encoder
 from tests.conftest import load_config
 
@@ -232,11 +232,11 @@ def test_embed_stage_writes_both_matrices_in_catalog_order(demo_run):
   out = demo_run["work"] / "embed"
   catalog = dataset.load_catalog(demo_run["work"] / "data")
   n = catalog.num_items
-  semantic, collaborative = embed_stage.load_embeddings(out, catalog.item_ids)
+  semantic, collaborative = embed_outputs.load_embeddings(out, catalog.item_ids)
   assert semantic.shape == (n, 16) and collaborative.shape == (n, 16)
   assert semantic.dtype == collaborative.dtype == np.float32
   np.testing.assert_allclose(np.linalg.norm(semantic, axis=1), 1.0, atol=1e-5)  # Normalize module.
-  np.testing.assert_array_equal(np.load(out / embed_stage.ITEM_IDS), catalog.item_ids)
+  np.testing.assert_array_equal(np.load(out / embed_outputs.ITEM_IDS), catalog.item_ids)
   # Row i is item i: the semantic row equals encoding that item's text on its own.
   from gensar_jax.embed import text_encoder  # pylint: disable=g-import-not-at-top
   enc = text_encoder.load(demo_run["config"].embed.text_encoder_dir, 256)
@@ -245,7 +245,7 @@ def test_embed_stage_writes_both_matrices_in_catalog_order(demo_run):
                              semantic[some], atol=1e-5)
   np.testing.assert_array_equal(sasrec.load(out).item_table(), collaborative)
   with pytest.raises(pipeline.PipelineError, match="does not match"):
-    embed_stage.load_embeddings(out, catalog.item_ids[::-1])
+    embed_outputs.load_embeddings(out, catalog.item_ids[::-1])
 
 
 def test_embed_stage_summary_records_shapes_and_timings_and_no_test_metrics(demo_run):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gensar_jax import pipeline
-from gensar_jax.evaluation import metrics as metrics_lib
+from gensar_jax import metrics as metrics_lib
 from gensar_jax.inference import api
 from gensar_jax.inference import stage as infer_stage
 from tests.conftest import load_config

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from gensar_jax.evaluation import metrics
+from gensar_jax import metrics
 
 
 def test_ranks_from_lists_counts_short_lists_as_misses():

@@ -215,3 +215,49 @@ def test_report_follows_an_eval_rerun_when_it_ran_before(tmp_path, monkeypatch):
   assert ran == ["fake_eval", "fake_report", "fake_eval", "fake_report"]
   pipeline.run(config, tmp_path)  # Nothing rebuilt: nothing runs.
   assert ran == ["fake_eval", "fake_report", "fake_eval", "fake_report"]
+
+
+def test_a_stage_sees_only_the_config_it_declares(tmp_path, monkeypatch):
+  seen = {}
+  module = types.ModuleType("fake_declared")
+
+  def run(config, ctx):
+    seen["beam"] = config.eval.beam_size
+    seen["seed"] = config.seed
+    with pytest.raises(AttributeError):
+      config.eval.batch_size  # pylint: disable=pointless-statement  (not declared)
+    config.train  # pylint: disable=pointless-statement  (undeclared section: raises)
+    return {}
+
+  module.run = run
+  module.INPUTS = ()
+  module.CONFIG_KEYS = ("data", "eval.beam_size")
+  monkeypatch.setitem(sys.modules, "fake_declared", module)
+  stage = pipeline.Stage("data", "fake_declared")
+  monkeypatch.setattr(pipeline, "_BY_NAME", {"data": stage})
+  config = _config()
+  config.eval = ml_collections.ConfigDict(dict(beam_size=3, batch_size=8))
+  config.train = ml_collections.ConfigDict(dict(steps=1))
+  with pytest.raises(AttributeError, match="train"):
+    pipeline.run(config, tmp_path)
+  assert seen == {"beam": 3, "seed": 0}
+  module.ALSO_READS = ("train",)  # Declared (not fingerprinted): now it may read it.
+  module.run = lambda config, ctx: {"steps": config.train.steps}
+  assert pipeline.run(config, tmp_path)["data"] == {"steps": 1, "wall_s": pytest.approx(0, abs=60)}
+
+
+def test_a_stage_reads_only_the_inputs_it_declares(tmp_path):
+  (tmp_path / "data").mkdir()
+  (tmp_path / "data" / pipeline._DONE).write_text("x\n")  # pylint: disable=protected-access
+  ctx = pipeline.StageContext(tmp_path, "embed", inputs=("identifiers",))
+  with pytest.raises(pipeline.PipelineError, match="without declaring it"):
+    ctx.input_dir("data")
+  with pytest.raises(pipeline.PipelineError, match="without declaring it"):
+    ctx.has_input("data")
+
+
+def test_every_stage_declares_its_inputs_and_config():
+  for stage in pipeline.STAGES:
+    assert set(stage.optional) <= set(stage.inputs), stage.name
+    assert all(i in pipeline._BY_NAME for i in stage.inputs), stage.name  # pylint: disable=protected-access
+    assert stage.config_keys, stage.name

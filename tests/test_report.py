@@ -7,8 +7,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+from gensar_jax import metrics as metrics_lib
 from gensar_jax import pipeline
-from gensar_jax.evaluation import metrics as metrics_lib
 from gensar_jax.report import stage as report_stage
 from gensar_jax.report import tables
 
@@ -49,6 +49,8 @@ def _write_run(workdir, rng, with_baselines=True, variant="joint"):
   (workdir / "train" / "metrics.jsonl").write_text("".join(
       json.dumps({"step": s, "kind": "train", "loss": 5.0 / s}) + "\n" for s in range(1, 30))
       + json.dumps({"step": 29, "kind": "validation", "score": 0.2}) + "\n")
+  for stage in ("eval", "identifiers", "train"):  # Finished stages (the report reads them).
+    (workdir / stage / pipeline._DONE).write_text("planted\n")  # pylint: disable=protected-access
   return metrics
 
 

@@ -302,6 +302,3 @@ def test_config_from_pipeline_section_and_round_trip():
   with pytest.raises(ValueError):
     t5.T5Config(**{**TINY, "feed_forward": "swish"})
 
-
-def test_shift_right():
-  np.testing.assert_array_equal(t5.shift_right(jnp.array([[5, 6, 1, 0]])), [[0, 5, 6, 1]])

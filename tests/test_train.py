@@ -7,10 +7,11 @@ import jax
 import numpy as np
 import pytest
 
+from gensar_jax import sharding
 from gensar_jax.model import t5 as t5_lib
 from gensar_jax.train import batches as batches_lib
 from gensar_jax.train import loop
-from gensar_jax.train import sharding
+from gensar_jax.train import step as step_lib
 from tests.conftest import load_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -224,3 +225,8 @@ def test_host_runs_at_most_max_in_flight_steps_ahead(tmp_path, monkeypatch):
 
   assert lead("bounded", 2) <= 2
   assert lead("unbounded", 10**9) > 2
+
+
+def test_shift_right():
+  np.testing.assert_array_equal(step_lib.shift_right(jax.numpy.array([[5, 6, 1, 0]]), 0),
+                                [[0, 5, 6, 1]])

@@ -28,8 +28,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from gensar_jax import sharding
 from gensar_jax.model import t5
-from gensar_jax.train import sharding
 from gensar_jax.train import step as step_lib
 
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Examples per step.")
@@ -76,7 +76,7 @@ def main(argv):
   steps = _WARMUP.value + _STEPS.value
   tx, schedule = step_lib.make_optimizer(train_config, total_steps=1000)
   mesh = sharding.make_mesh("data", jax.devices()[:1])
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  replicated = sharding.replicated(mesh)
   state = step_lib.init_state(params, tx)
   state_sh = jax.tree.map(lambda _: replicated, state)
   state = jax.device_put(state, state_sh)

@@ -1,4 +1,4 @@
-"""Reading the data stage's outputs: catalog, rows, random access and grain batches.
+"""Reading the data stage's outputs: catalog, rows and random access (its contract).
 
 Layout of the data stage's directory (`<workdir>/data`, the `data_dir` below):
   catalog.json, catalog.npz   the catalog (see tfds_builder.save_catalog)
@@ -14,12 +14,11 @@ import functools
 import json
 import pathlib
 
-import grain.python as grain
 import numpy as np
 import tensorflow_datasets as tfds
 
 from gensar_jax.data import schema
-from gensar_jax.pipeline import PipelineError
+from gensar_jax.errors import PipelineError
 
 POINTER = "dataset.json"
 CATALOG_JSON = "catalog.json"
@@ -121,34 +120,3 @@ def load_rows(data_dir, task: str, split: str, chunk: int = 8192) -> dict[str, n
              "negatives": (0, 0)}
     return {k: np.zeros(s, _dtype(k)) for k, s in empty.items()}
   return {k: np.concatenate(v).astype(_dtype(k)) for k, v in out.items()}
-
-
-def batches(data_dir, task: str, split: str, batch_size: int, *, shuffle: bool,
-            seed: int, num_epochs: int | None, shard_index: int = 0, shard_count: int = 1,
-            drop_remainder: bool):
-  """A grain iterator of batched row dicts ({field: [B, ...]}).
-
-  The iterator is checkpointable (`get_state` / `set_state`), so training can resume
-  mid-epoch.
-
-  Args:
-    data_dir: the data stage's directory.
-    task, split: which rows.
-    batch_size: rows per batch (per shard).
-    shuffle: reshuffle every epoch with `seed`.
-    seed: the shuffle seed.
-    num_epochs: passes over the rows (None = forever).
-    shard_index / shard_count: this process's shard of the rows.
-    drop_remainder: drop the last short batch (and, across shards, uneven rows).
-  """
-  source = data_source(data_dir, task, split)
-  sampler = grain.IndexSampler(
-      num_records=len(source),
-      shard_options=grain.ShardOptions(shard_index=shard_index, shard_count=shard_count,
-                                       drop_remainder=drop_remainder),
-      shuffle=shuffle, num_epochs=num_epochs, seed=seed)
-  loader = grain.DataLoader(
-      data_source=source, sampler=sampler,
-      operations=[grain.Batch(batch_size=batch_size, drop_remainder=drop_remainder)],
-      worker_count=0)
-  return iter(loader)

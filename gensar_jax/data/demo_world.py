@@ -40,7 +40,7 @@ import re
 from absl import logging
 import numpy as np
 
-from gensar_jax import pipeline
+from gensar_jax import errors
 
 # Generation knobs (module constants so tests and docs can quote them).
 LEAVES_PER_USER = 3  # Preferred leaves per user.
@@ -270,16 +270,16 @@ class World:
 
 
 def check_sizes(num_users: int, num_items: int, category: str = "Demo") -> None:
-  """Raises `pipeline.PipelineError` if a world of these sizes cannot be generated."""
+  """Raises `errors.PipelineError` if a world of these sizes cannot be generated."""
   if not re.fullmatch(r"[A-Za-z0-9_]+", category):
-    raise pipeline.PipelineError(
+    raise errors.PipelineError(
         f"demo category must be letters, digits or '_' (it names files), got {category!r}")
   if num_users < MIN_USERS or num_items < MIN_ITEMS:
-    raise pipeline.PipelineError(
+    raise errors.PipelineError(
         f"demo world needs at least {MIN_USERS} users and {MIN_ITEMS} items, "
         f"got {num_users} users and {num_items} items")
   if num_users * 5 < num_items:
-    raise pipeline.PipelineError(
+    raise errors.PipelineError(
         f"demo world needs at least one user per 5 items for a 5-core, "
         f"got {num_users} users for {num_items} items")
 

@@ -15,7 +15,7 @@ import bm25s
 import numpy as np
 
 from gensar_jax.data import queries as queries_lib
-from gensar_jax.pipeline import PipelineError
+from gensar_jax.errors import PipelineError
 
 _ROUNDS = 30
 _MAX_POOL = 50_000_000  # Largest interaction total drawn from by index (else by CDF).

@@ -36,24 +36,11 @@ import numpy as np
 
 from gensar_jax.data import histories
 from gensar_jax.data import negatives as negatives_lib
+from gensar_jax.data.params import Params  # The processing parameters (re-exported).
 from gensar_jax.data import queries as queries_lib
 from gensar_jax.data import raw
 from gensar_jax.data import schema
-from gensar_jax.pipeline import PipelineError
-
-
-@dataclasses.dataclass(frozen=True)
-class Params:
-  """Processing parameters (the `data` config section, plus the seed)."""
-
-  category: str
-  max_rec_his_len: int = 5
-  max_src_his_len: int = 5
-  min_targets: int = 3
-  num_negatives: int = 99
-  query_min_word_count: int = 5
-  bm25_top_k: int = 200
-  seed: int = 42
+from gensar_jax.errors import PipelineError
 
 
 @dataclasses.dataclass

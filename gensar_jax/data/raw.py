@@ -54,7 +54,7 @@ from typing import Iterator
 
 import numpy as np
 
-from gensar_jax.pipeline import PipelineError
+from gensar_jax.errors import PipelineError
 
 # Review words for the query filter are the runs of [a-z] in the lowercased text; on
 # UTF-8 bytes that is: every byte outside a-z becomes a space, then split.

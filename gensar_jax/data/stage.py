@@ -15,15 +15,18 @@ import time
 from absl import logging
 import tensorflow_datasets as tfds
 
-from gensar_jax import pipeline
+from gensar_jax import atomic
+from gensar_jax import context
 from gensar_jax.data import dataset
-from gensar_jax.data import process as process_lib
+from gensar_jax.data import params as params_lib
 from gensar_jax.data import raw
 from gensar_jax.data import tfds_builder
-from gensar_jax.pipeline import PipelineError
+from gensar_jax.errors import PipelineError
 
 # Outputs change with the TFDS builder's version (bumped whenever processing changes).
 VERSION = str(tfds_builder.GensarAmazon.VERSION)
+INPUTS = ()
+CONFIG_KEYS = ("data",)
 
 
 def raw_dir(config, workdir: pathlib.Path) -> pathlib.Path:
@@ -31,14 +34,11 @@ def raw_dir(config, workdir: pathlib.Path) -> pathlib.Path:
   return pathlib.Path(config.data.raw_dir) if config.data.raw_dir else workdir / "raw"
 
 
-def params_of(config) -> process_lib.Params:
+def params_of(config) -> params_lib.Params:
   """Processing parameters from the `data` section and the seed."""
   d = config.data
-  return process_lib.Params(
-      category=d.category, max_rec_his_len=d.max_rec_his_len,
-      max_src_his_len=d.max_src_his_len, min_targets=d.min_targets,
-      num_negatives=d.num_negatives, query_min_word_count=d.query_min_word_count,
-      bm25_top_k=d.bm25_top_k, seed=config.seed)
+  return params_lib.Params(category=d.category, seed=config.seed,
+                           **{f: d[f] for f in params_lib.PROCESSING_FIELDS})
 
 
 def external_files(config, workdir: pathlib.Path) -> list[pathlib.Path]:
@@ -67,7 +67,7 @@ def validate(config) -> None:
   raw.find_files(d.raw_dir, d.category)
 
 
-def run(config, ctx: pipeline.StageContext) -> dict:
+def run(config, ctx: context.StageContext) -> dict:
   """Generates the demo world if asked, builds the TFDS dataset, writes the catalog."""
   start = time.time()
   folder = raw_dir(config, ctx.workdir)
@@ -93,7 +93,7 @@ def run(config, ctx: pipeline.StageContext) -> dict:
   version_dir = pathlib.Path(builder.data_dir)
   for name in (tfds_builder.CATALOG_JSON, tfds_builder.CATALOG_NPZ):
     shutil.copyfile(version_dir / name, ctx.dir / name)
-  pipeline.write_json_atomic(ctx.dir / dataset.POINTER, {
+  atomic.write_json_atomic(ctx.dir / dataset.POINTER, {
       "tfds_dir": str(version_dir.relative_to(ctx.dir)),
       "builder": builder.name, "config": builder.builder_config.name,
       "version": str(builder.version), "raw_dir": str(folder.resolve()),

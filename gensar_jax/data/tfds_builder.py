@@ -31,12 +31,13 @@ from array_record.python import array_record_module
 import numpy as np
 import tensorflow_datasets as tfds
 
+from gensar_jax.data import params as params_lib
 from gensar_jax.data import process as process_lib
 from gensar_jax.data import schema
-from gensar_jax.pipeline import PipelineError
+from gensar_jax.data.dataset import CATALOG_JSON  # The catalog's files (the reader's names).
+from gensar_jax.data.dataset import CATALOG_NPZ
+from gensar_jax.errors import PipelineError
 
-CATALOG_JSON = "catalog.json"
-CATALOG_NPZ = "catalog.npz"
 # One record per chunk (random access, as TFDS writes them), uncompressed: a row is
 # ~0.4-1.3 kB of varints that per-record compression shrinks by only ~5%, while it
 # costs ~7x the write time and ~10x the random-read time.
@@ -55,26 +56,16 @@ CATEGORIES = (
 
 @dataclasses.dataclass(eq=False)
 class GensarAmazonConfig(tfds.core.BuilderConfig):
-  """One category and the processing parameters (defaults = the paper's protocol)."""
+  """One category and its processing parameters (`params.Params`; the registered configs
+  use its defaults, the paper's protocol)."""
 
-  category: str = "Electronics"
-  max_rec_his_len: int = 5
-  max_src_his_len: int = 5
-  min_targets: int = 3
-  num_negatives: int = 99
-  query_min_word_count: int = 5
-  bm25_top_k: int = 200
-  seed: int = 42
+  data_params: params_lib.Params | None = None
 
-  def params(self) -> process_lib.Params:
-    return process_lib.Params(
-        category=self.category, max_rec_his_len=self.max_rec_his_len,
-        max_src_his_len=self.max_src_his_len, min_targets=self.min_targets,
-        num_negatives=self.num_negatives, query_min_word_count=self.query_min_word_count,
-        bm25_top_k=self.bm25_top_k, seed=self.seed)
+  def params(self) -> params_lib.Params:
+    return self.data_params
 
 
-def config_for(params: process_lib.Params) -> GensarAmazonConfig:
+def config_for(params: params_lib.Params) -> GensarAmazonConfig:
   """The BuilderConfig of `params`.
 
   The registered config of a known category when `params` are its defaults; otherwise
@@ -88,7 +79,8 @@ def config_for(params: process_lib.Params) -> GensarAmazonConfig:
       return registered
   digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
   return GensarAmazonConfig(name=f"{params.category}_{digest}",
-                            description=f"Amazon {params.category} ({fields})", **fields)
+                            description=f"Amazon {params.category} ({fields})",
+                            data_params=params)
 
 
 class CatalogMetadata(tfds.core.MetadataDict):
@@ -260,7 +252,8 @@ class GensarAmazon(tfds.core.GeneratorBasedBuilder):
                "search event at equal times, which leaked held-out targets).",
   }
   FAST_WRITE = True  # Write splits with `write_split` (False: TFDS's example writer).
-  BUILDER_CONFIGS = [GensarAmazonConfig(name=c, category=c) for c in CATEGORIES]
+  BUILDER_CONFIGS = [GensarAmazonConfig(name=c, data_params=params_lib.Params(category=c))
+                     for c in CATEGORIES]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Put one category's McAuley Amazon review files in the manual_dir:
     reviews_NAME_5.json[.gz]  (5-core reviews, https://cseweb.ucsd.edu/~jmcauley/datasets/amazon/links.html
@@ -271,7 +264,7 @@ class GensarAmazon(tfds.core.GeneratorBasedBuilder):
   """
 
   def _info(self) -> tfds.core.DatasetInfo:
-    cfg = self.builder_config
+    cfg = self.builder_config.params()
     h = cfg.max_rec_his_len + cfg.max_src_his_len
     scalar = lambda dt: tfds.features.Scalar(dtype=dt)  # noqa: E731
     vector = lambda n: tfds.features.Tensor(shape=(n,), dtype=np.int32)  # noqa: E731
@@ -298,7 +291,7 @@ class GensarAmazon(tfds.core.GeneratorBasedBuilder):
     if empty:
       raise PipelineError(
           f"no rows for split(s) {empty} of {dl_manager.manual_dir}: too few users with "
-          f"{self.builder_config.min_targets}+ targets (see skipped: "
+          f"{self.builder_config.params().min_targets}+ targets (see skipped: "
           f"{processed.summary['skipped']})")
     metadata = self.info.metadata
     metadata.processed = processed

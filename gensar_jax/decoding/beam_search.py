@@ -36,7 +36,8 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+
+from gensar_jax import sharding
 
 SCORES = ("allowed", "full")
 _NEG = -1e30  # Stand-in for -inf inside a softmax (keeps fully masked rows NaN-free).
@@ -271,8 +272,8 @@ def make_search_fn(make_decoder, spec: SearchSpec, num_tables: int = 1, mesh=Non
 
   if mesh is None:
     return jax.jit(fn)
-  batch = NamedSharding(mesh, P(data_axis))
-  replicated = NamedSharding(mesh, P())
+  batch = sharding.split_leading(mesh, data_axis)
+  replicated = sharding.replicated(mesh)
 
   @functools.lru_cache(maxsize=None)
   def compiled(shared: tuple[bool, ...]):

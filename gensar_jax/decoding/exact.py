@@ -24,8 +24,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
+from gensar_jax import sharding
 from gensar_jax.decoding import beam_search
 
 
@@ -100,8 +100,8 @@ def make_score_fn(make_decoder, spec: beam_search.SearchSpec, mesh=None, data_ax
 
   if mesh is None:
     return jax.jit(fn)
-  batch = NamedSharding(mesh, P(data_axis))
-  replicated = NamedSharding(mesh, P())
+  batch = sharding.split_leading(mesh, data_axis)
+  replicated = sharding.replicated(mesh)
 
   @functools.lru_cache(maxsize=None)
   def compiled(shared_codes: bool, shared_valid: bool, shared_table: bool):

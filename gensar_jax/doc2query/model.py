@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from gensar_jax import padding
 from gensar_jax.data import schema
 from gensar_jax.decoding import beam_search
 from gensar_jax.decoding import generate as generate_lib
-from gensar_jax.train import batches as batches_lib
 
 
 def training_pairs(catalog: schema.Catalog, search_train_rows: Mapping[str, np.ndarray]
@@ -95,14 +95,14 @@ def generate_queries(model, params, tokenizer, texts: Sequence[str], *, cfg, see
   b = int(cfg.generate_batch_size)
   src = tokenizer.encode_batch([texts[i] for i in todo], int(cfg.max_text_len))
   # One batch shape for every batch, so one compile (padding is masked out).
-  length = batches_lib.bucket_length(max((len(x) for x in src), default=1),
-                                     batches_lib.SOURCE_BUCKETS)
+  length = padding.bucket_length(max((len(x) for x in src), default=1),
+                                 padding.SOURCE_BUCKETS)
   key = jax.random.key(int(seed))
   for n, lo in enumerate(tqdm.tqdm(range(0, len(todo), b), desc="doc2query generate",
                                    disable=not progress, leave=False)):
     idx = list(range(lo, min(lo + b, len(todo))))
     rows = idx + [idx[-1]] * (b - len(idx))
-    src_BxS = batches_lib.pad_stack([np.asarray(src[r], np.int32) for r in rows], length)
+    src_BxS = padding.pad_stack([np.asarray(src[r], np.int32) for r in rows], length)
     toks, _ = fn(params, jnp.asarray(src_BxS), jax.random.fold_in(key, n))
     toks = np.asarray(toks)
     for j, r in enumerate(idx):

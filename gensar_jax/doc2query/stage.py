@@ -5,7 +5,7 @@ the training split's (item text, query) pairs (`model.training_pairs`) with the 
 resumable trainer as the main model (checkpoints in `train/`), then generates
 `config.doc2query.num_queries` pseudo-queries for every item with text.
 
-Writes `pseudo_queries.json` = {"item_ids": [N], "queries": [N lists of str]} (items
+Writes `pseudo_queries.json` (`outputs.py`: one list of queries per item; items
 without text get an empty list and are counted in the summary) and a summary with
 counts, a few examples, and how well pseudo-queries match the item's real queries
 (`model.match_stats`: a shared word, a shared word other than the common ones, an
@@ -16,28 +16,31 @@ train stage leaves the ad-hoc search task out.
 
 from __future__ import annotations
 
-import json
-import pathlib
 import time
 
 from absl import logging
 import jax
 import numpy as np
 
-from gensar_jax import pipeline
+from gensar_jax import context
+from gensar_jax import errors
+from gensar_jax import sharding
 from gensar_jax.data import dataset
 from gensar_jax.doc2query import model as d2q
+from gensar_jax.doc2query import outputs
 from gensar_jax.model import t5 as t5_lib
 from gensar_jax.model import tokenizer as tok_lib
 from gensar_jax.train import loop
-from gensar_jax.train import sharding
 
-QUERIES_FILE = "pseudo_queries.json"
 TOKENIZER_DIR = "tokenizer"
 TRAIN_DIR = "train"
 _SEED_SALT = 11  # Folded into config.seed for this stage's model and sampling.
 _EXAMPLES = 8  # Items shown in the summary.
 _COMMON_FRAC = 0.1  # Words in more than this fraction of the queries are "common".
+
+INPUTS = ("data",)
+CONFIG_KEYS = ("doc2query",)
+ALSO_READS = ("mesh",)  # Device layout, not fingerprinted.
 
 
 def validate(config) -> None:
@@ -58,25 +61,10 @@ def validate(config) -> None:
   ]
   for ok, message in checks:
     if not ok:
-      raise pipeline.PipelineError(f"config.doc2query: {message}")
+      raise errors.PipelineError(f"config.doc2query: {message}")
 
 
-def load_pseudo_queries(d2q_dir, item_ids: np.ndarray) -> list[list[str]] | None:
-  """Per item its pseudo-queries, aligned with `item_ids` (None when the stage was off).
-
-  Raises:
-    PipelineError: the stored items differ from `item_ids`.
-  """
-  path = pathlib.Path(d2q_dir) / QUERIES_FILE
-  if not path.exists():
-    return None
-  blob = json.loads(path.read_text())
-  if blob["item_ids"] != [str(i) for i in item_ids]:
-    raise pipeline.PipelineError(f"{path} lists other items than the catalog; rerun doc2query")
-  return blob["queries"]
-
-
-def run(config, ctx: pipeline.StageContext) -> dict:
+def run(config, ctx: context.StageContext) -> dict:
   """Trains doc2query and writes the pseudo-queries (or records that it is off)."""
   g = config.doc2query
   if not g.enabled:
@@ -86,7 +74,7 @@ def run(config, ctx: pipeline.StageContext) -> dict:
   catalog = dataset.load_catalog(data_dir)
   items, queries = d2q.training_pairs(catalog, dataset.load_rows(data_dir, "search", "train"))
   if len(items) < g.train.batch_size:
-    raise pipeline.PipelineError(
+    raise errors.PipelineError(
         f"doc2query: {len(items)} (item text, query) training pairs, fewer than "
         f"doc2query.train.batch_size ({g.train.batch_size}); lower it or disable doc2query")
   texts = [catalog.item_text(i) for i in range(catalog.num_items)]
@@ -117,8 +105,7 @@ def run(config, ctx: pipeline.StageContext) -> dict:
   pseudo = d2q.generate_queries(model, result.params, tokenizer, texts, cfg=g, seed=seed)
   generate_s = time.time() - t0
   if jax.process_index() == 0:
-    pipeline.write_json_atomic(ctx.dir / QUERIES_FILE, {
-        "item_ids": [str(i) for i in catalog.item_ids], "queries": pseudo})
+    outputs.save_pseudo_queries(ctx.dir, catalog.item_ids, pseudo)
   real = [[catalog.queries[q] for q in qs] for qs in catalog.item_queries]
   common = d2q.common_words(catalog.queries, _COMMON_FRAC)
   # Reference: every item given the real queries of another item (a fixed shuffle).

@@ -35,8 +35,8 @@ import numpy as np
 import optax
 import tqdm
 
+from gensar_jax import metrics
 from gensar_jax.data import schema
-from gensar_jax.evaluation import metrics
 
 PAD = 0  # Token of an empty position; item i is token i + 1.
 LOSSES = ("softmax", "bce")

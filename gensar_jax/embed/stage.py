@@ -1,10 +1,7 @@
 """The embed stage: semantic (text encoder) and collaborative (SASRec) item embeddings.
 
-Outputs in the stage directory, rows in catalog item order:
-  semantic.npy       float32 [N, d_s]  text encoder over title + description
-  collaborative.npy  float32 [N, d_c]  SASRec's item table (padding row dropped)
-  item_ids.npy       str [N]           the catalog's item ids, to check alignment
-  sasrec_config.json, sasrec_params.msgpack  the trained SASRec (`sasrec.load(dir)`)
+Outputs in the stage directory (file names, save and load: `outputs.py`):
+`semantic.npy`, `collaborative.npy`, `item_ids.npy` and the trained SASRec.
 Items with neither title nor description get the embedding of the empty string (the
 encoder's [CLS] [SEP] input); items with a title only are encoded from the title.
 SASRec trains on `catalog.rec_train_sequences` only; it is scored as a baseline by the
@@ -21,14 +18,15 @@ from absl import logging
 import ml_collections
 import numpy as np
 
-from gensar_jax import pipeline
+from gensar_jax import context
+from gensar_jax import errors
 from gensar_jax.data import schema
+from gensar_jax.embed import outputs
 from gensar_jax.embed import sasrec
 from gensar_jax.embed import text_encoder
 
-SEMANTIC = "semantic.npy"
-COLLABORATIVE = "collaborative.npy"
-ITEM_IDS = "item_ids.npy"
+INPUTS = ("data",)
+CONFIG_KEYS = ("embed",)
 
 
 def external_files(config, workdir: pathlib.Path) -> list[pathlib.Path]:
@@ -42,17 +40,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
   e = config.embed
   if e.text_encoder_dir:
     if not pathlib.Path(e.text_encoder_dir).is_dir():
-      raise pipeline.PipelineError(
+      raise errors.PipelineError(
           f"config.embed.text_encoder_dir {e.text_encoder_dir!r} is not a folder")
   else:
     text_encoder.default_encoder_dir()
   if e.max_text_len < 2 or e.batch_size < 1:
-    raise pipeline.PipelineError("config.embed.max_text_len must be >= 2 and batch_size >= 1")
+    raise errors.PipelineError("config.embed.max_text_len must be >= 2 and batch_size >= 1")
   s = e.sasrec
   if s.loss not in sasrec.LOSSES:
-    raise pipeline.PipelineError(f"config.embed.sasrec.loss must be one of {sasrec.LOSSES}, got {s.loss!r}")
+    raise errors.PipelineError(f"config.embed.sasrec.loss must be one of {sasrec.LOSSES}, got {s.loss!r}")
   if s.hidden % s.num_heads:
-    raise pipeline.PipelineError("config.embed.sasrec.hidden must be divisible by num_heads")
+    raise errors.PipelineError("config.embed.sasrec.hidden must be divisible by num_heads")
 
 
 def semantic_embeddings(config: ml_collections.ConfigDict, catalog: schema.Catalog
@@ -102,10 +100,7 @@ def compute(config: ml_collections.ConfigDict, catalog: schema.Catalog,
   sas_config = sasrec.SasrecConfig.from_config(config.embed.sasrec.to_dict(), catalog.num_items)
   model, sas_summary = sasrec.train(catalog.rec_train_sequences, sas_config, seed=config.seed)
   collaborative_NxD = model.item_table()
-  np.save(out_dir / SEMANTIC, semantic_NxD.astype(np.float32))
-  np.save(out_dir / COLLABORATIVE, collaborative_NxD.astype(np.float32))
-  np.save(out_dir / ITEM_IDS, np.asarray(catalog.item_ids).astype(str))
-  sasrec.save(model, out_dir)
+  outputs.save(out_dir, semantic_NxD, collaborative_NxD, catalog.item_ids, model)
   return {
       "num_items": int(catalog.num_items),
       "semantic_shape": list(semantic_NxD.shape),
@@ -115,26 +110,10 @@ def compute(config: ml_collections.ConfigDict, catalog: schema.Catalog,
   }
 
 
-def run(config: ml_collections.ConfigDict, ctx: pipeline.StageContext) -> dict[str, Any]:
+def run(config: ml_collections.ConfigDict, ctx: context.StageContext) -> dict[str, Any]:
   """Stage entry point: reads the data stage, writes the embeddings into `ctx.dir`."""
   from gensar_jax.data import dataset  # pylint: disable=g-import-not-at-top
 
   catalog = dataset.load_catalog(ctx.input_dir("data"))
   return compute(config, catalog, ctx.dir)
 
-
-def load_embeddings(embed_dir: str | pathlib.Path, item_ids: np.ndarray | None = None
-                    ) -> tuple[np.ndarray, np.ndarray]:
-  """Reads (semantic [N, d_s], collaborative [N, d_c]) written by this stage.
-
-  Args:
-    embed_dir: the embed stage's output directory.
-    item_ids: when given, the catalog's item ids; a mismatch raises PipelineError.
-  """
-  embed_dir = pathlib.Path(embed_dir)
-  if item_ids is not None:
-    stored = np.load(embed_dir / ITEM_IDS)
-    if len(stored) != len(item_ids) or not np.array_equal(stored, np.asarray(item_ids).astype(str)):
-      raise pipeline.PipelineError(
-          f"{embed_dir / ITEM_IDS} does not match the catalog's items; re-run the embed stage")
-  return np.load(embed_dir / SEMANTIC), np.load(embed_dir / COLLABORATIVE)

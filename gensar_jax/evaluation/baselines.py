@@ -25,12 +25,12 @@ from collections.abc import Callable, Mapping, Sequence
 import bm25s
 import numpy as np
 
-from gensar_jax import pipeline
+from gensar_jax import context
+from gensar_jax import metrics as metrics_lib
+from gensar_jax import ranking
 from gensar_jax.data import dataset
 from gensar_jax.data import negatives as negatives_lib
 from gensar_jax.data import schema
-from gensar_jax.evaluation import generative
-from gensar_jax.evaluation import metrics as metrics_lib
 
 Scorer = Callable[[Mapping[str, np.ndarray]], np.ndarray]  # rows -> [R, N] scores
 _CHUNK = 512  # Rows scored at once (bounds the [R, N] score matrix).
@@ -45,7 +45,7 @@ def score_rows(scorer: Scorer, rows: Mapping[str, np.ndarray], modes: Sequence[s
     part = {k: v[lo:lo + _CHUNK] for k, v in rows.items()}
     scores_RxN = scorer(part)
     if "sampled" in modes:
-      cands = generative.candidates_of(part)
+      cands = ranking.candidates_of(part)
       ranks["sampled"].append(metrics_lib.ranks_from_scores(
           np.take_along_axis(scores_RxN, cands, axis=1), 0, seed + lo))
     if "full" in modes:
@@ -70,9 +70,10 @@ def sasrec_scorer(embed_dir, catalog: schema.Catalog, earlier_rows,
       `data.max_rec_his_len`, for a same-information comparison); None = SASRec's own
       `max_len`.
   """
+  from gensar_jax.embed import outputs as embed_outputs  # pylint: disable=g-import-not-at-top
   from gensar_jax.embed import sasrec  # pylint: disable=g-import-not-at-top
 
-  model = sasrec.load(embed_dir)
+  model = embed_outputs.load_sasrec(embed_dir)
 
   def score(rows):
     histories, _ = sasrec.row_histories(catalog, rows, earlier_rows)
@@ -105,10 +106,10 @@ def bm25_query_scores(catalog: schema.Catalog) -> np.ndarray:
 
 def dense_query_scores(config, embed_dir, catalog: schema.Catalog) -> np.ndarray:
   """[Q, N] cosine similarity of encoded queries and the embed stage's item vectors."""
-  from gensar_jax.embed import stage as embed_stage  # pylint: disable=g-import-not-at-top
+  from gensar_jax.embed import outputs as embed_outputs  # pylint: disable=g-import-not-at-top
   from gensar_jax.embed import text_encoder  # pylint: disable=g-import-not-at-top
 
-  items_NxD, _ = embed_stage.load_embeddings(embed_dir, catalog.item_ids)
+  items_NxD, _ = embed_outputs.load_embeddings(embed_dir, catalog.item_ids)
   encoder = text_encoder.load(config.embed.text_encoder_dir or None, config.embed.max_text_len)
   queries_QxD = np.asarray(text_encoder.encode(encoder, list(catalog.queries),
                                                batch_size=config.embed.batch_size))
@@ -119,7 +120,7 @@ def dense_query_scores(config, embed_dir, catalog: schema.Catalog) -> np.ndarray
   return (unit(queries_QxD) @ unit(items_NxD).T).astype(np.float32)
 
 
-def evaluate_all(config, ctx: pipeline.StageContext, catalog: schema.Catalog,
+def evaluate_all(config, ctx: context.StageContext, catalog: schema.Catalog,
                  test_rows: Mapping[str, Mapping[str, np.ndarray]],
                  modes: Sequence[str]) -> dict[str, dict]:
   """{baseline: {task: {mode: ranks_R}}} on the given test rows (the one place every

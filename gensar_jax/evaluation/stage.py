@@ -8,18 +8,9 @@ and against the whole catalog ("full"), and scores the baselines on the same row
 candidates. With `eval.compare` the 100 candidates are ranked both ways and the
 agreement of beam search's top 10 with the exact top 10 is reported.
 
-Writes `metrics.json`:
-  {"recommendation": {"sampled": {hr@1, ..., ndcg@10, <metric>_se..., count},
-                      "full": {...}, "sampled_beam": {...}, "sampled_exact": {...},
-                      "agreement": {top10_equal, top1_equal, same_rank}},
-   "search": {...},
-   "baselines": {name: {task: {"sampled": ..., "full": ...}}},
-   "tests": {task: {mode: {"versus", "metric", "mean_diff", "se_diff", "t", "p", "count"}}},
-   "settings": {checkpoint_step, beam_size, score, rank, exact_catalog},
-   "checkpoint_step": N}
-and `ranks.npz` (every method's per-row target ranks, `<method>/<task>/<mode>`), from
-which any table or test can be recomputed. "tests" compares GenSAR with the best
-baseline of each task and mode (by NDCG@10) by a paired t-test on the same rows.
+Writes `metrics.json` and `ranks.npz` (their layout, writer and readers:
+`outputs.py`). "tests" compares GenSAR with the best baseline of each task and mode (by
+NDCG@10) by a paired t-test on the same rows.
 """
 
 from __future__ import annotations
@@ -30,21 +21,25 @@ import time
 from absl import logging
 import numpy as np
 
-from gensar_jax import pipeline
+from gensar_jax import context
+from gensar_jax import errors
+from gensar_jax import metrics as metrics_lib
+from gensar_jax import ranking
+from gensar_jax import sharding
 from gensar_jax import tasks as tasks_lib
 from gensar_jax.data import dataset
 from gensar_jax.data import schema
 from gensar_jax.evaluation import baselines
-from gensar_jax.evaluation import generative
-from gensar_jax.evaluation import metrics as metrics_lib
+from gensar_jax.evaluation import outputs
 from gensar_jax.identifiers import table as id_table
 from gensar_jax.model import t5 as t5_lib
 from gensar_jax.train import checkpoint as ckpt_lib
-from gensar_jax.train import sharding
 
-METRICS_FILE = "metrics.json"
-RANKS_FILE = "ranks.npz"
-
+INPUTS = ("data", "identifiers", "train", "embed")
+CONFIG_KEYS = ("eval", "embed.text_encoder_dir", "embed.max_text_len")  # The dense baseline encodes.
+# Read but not fingerprinted: the mesh axis name, the dense baseline's encoding batch, and
+# GenSAR's recommendation window (fixed by the data input's fingerprint).
+ALSO_READS = ("mesh.data_axis", "embed.batch_size", "data.max_rec_his_len")
 
 
 def external_files(config, workdir) -> list[pathlib.Path]:
@@ -52,18 +47,19 @@ def external_files(config, workdir) -> list[pathlib.Path]:
   del workdir
   return [pathlib.Path(config.embed.text_encoder_dir)] if config.embed.text_encoder_dir else []
 
+
 def validate(config) -> None:
   """Checks the eval section."""
   v = config.eval
   if v.beam_size < 1 or v.batch_size < 1:
-    raise pipeline.PipelineError("config.eval.beam_size and batch_size must be >= 1")
+    raise errors.PipelineError("config.eval.beam_size and batch_size must be >= 1")
   if v.score not in ("allowed", "full"):
-    raise pipeline.PipelineError(f"config.eval.score must be 'allowed' or 'full', got {v.score!r}")
-  if v.rank not in generative.RANKS:
-    raise pipeline.PipelineError(
-        f"config.eval.rank must be one of {generative.RANKS}, got {v.rank!r}")
+    raise errors.PipelineError(f"config.eval.score must be 'allowed' or 'full', got {v.score!r}")
+  if v.rank not in ranking.RANKS:
+    raise errors.PipelineError(
+        f"config.eval.rank must be one of {ranking.RANKS}, got {v.rank!r}")
   if v.max_examples < 0:
-    raise pipeline.PipelineError("config.eval.max_examples must be >= 0")
+    raise errors.PipelineError("config.eval.max_examples must be >= 0")
 
 
 def check_same_identifiers(bundle_ids: id_table.Identifiers, workdir_ids: id_table.Identifiers,
@@ -76,7 +72,7 @@ def check_same_identifiers(bundle_ids: id_table.Identifiers, workdir_ids: id_tab
           and getattr(bundle_ids, k).level_names == getattr(workdir_ids, k).level_names
           for k in id_table.KINDS))
   if not same:
-    raise pipeline.PipelineError(
+    raise errors.PipelineError(
         f"the checkpoint in {where} was trained with other identifier tables than this "
         "workdir's identifiers stage; rerun the train stage (or evaluate in the workdir "
         "that trained it)")
@@ -87,7 +83,7 @@ def limit_rows(rows: dict[str, np.ndarray], max_examples: int) -> dict[str, np.n
   return {k: v[:max_examples] for k, v in rows.items()} if max_examples else rows
 
 
-def run(config, ctx: pipeline.StageContext) -> dict:
+def run(config, ctx: context.StageContext) -> dict:
   """Scores GenSAR and the baselines on the test split; writes metrics.json."""
   start = time.time()
   data_dir = ctx.input_dir("data")
@@ -96,15 +92,15 @@ def run(config, ctx: pipeline.StageContext) -> dict:
   check_same_identifiers(bundle.identifiers, id_table.load(ctx.input_dir("identifiers")),
                          str(train_dir))
   catalog = dataset.load_catalog(data_dir)
-  generative.check_beam(int(config.eval.beam_size), catalog.num_items)
+  ranking.check_beam(int(config.eval.beam_size), catalog.num_items)
   builder = tasks_lib.TaskBuilder(catalog, bundle.identifiers, bundle.config.tasks)
   model = t5_lib.T5(bundle.t5_config)
   v = config.eval
-  ranker = generative.GenerativeRanker(
+  ranker = ranking.GenerativeRanker(
       model, bundle.tokenizer, builder, beam_size=v.beam_size, batch_size=v.batch_size,
       max_source_len=bundle.config.tasks.max_source_len, score=v.score,
       mesh=sharding.make_mesh(config.mesh.data_axis))
-  modes = generative.MODES if v.full_catalog else ("sampled",)
+  modes = ranking.MODES if v.full_catalog else ("sampled",)
   metrics: dict = {"checkpoint_step": bundle.step}
   ranks: dict[str, np.ndarray] = {}
   test_rows = {}
@@ -134,9 +130,8 @@ def run(config, ctx: pipeline.StageContext) -> dict:
   metrics["settings"] = {"checkpoint_step": bundle.step, "beam_size": int(v.beam_size),
                          "score": v.score, "rank": v.rank,
                          "exact_catalog": bool(v.exact_catalog)}
-  pipeline.write_json_atomic(ctx.dir / METRICS_FILE, metrics)
-  np.savez_compressed(ctx.dir / RANKS_FILE, **ranks)
-  print(summary_text(metrics, ctx.dir / METRICS_FILE), flush=True)
+  path = outputs.save(ctx.dir, metrics, ranks)
+  print(summary_text(metrics, path), flush=True)
   return {
       "metrics": metrics,
       "examples": {t: int(len(r["item"])) for t, r in test_rows.items()},

@@ -91,10 +91,15 @@ def save_params(path: str | os.PathLike, params: Any) -> pathlib.Path:
   return path
 
 
-def load_params(path: str | os.PathLike) -> dict[str, Any]:
-  """Reads what `save_params` wrote, as the nested dict `model.apply` expects."""
+def load_flat_params(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """Reads what `save_params` wrote, flat ("encoder_semantic/dense_0/kernel": array)."""
   path = pathlib.Path(path)
   if path.suffix != ".npz":
     path = path / PARAMS_FILENAME
   with np.load(path, allow_pickle=False) as f:
-    return traverse_util.unflatten_dict({k: f[k] for k in f.files}, sep="/")
+    return {k: f[k] for k in f.files}
+
+
+def load_params(path: str | os.PathLike) -> dict[str, Any]:
+  """Reads what `save_params` wrote, as the nested dict `model.apply` expects."""
+  return traverse_util.unflatten_dict(load_flat_params(path), sep="/")

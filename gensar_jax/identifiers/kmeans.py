@@ -10,12 +10,6 @@ import jax.numpy as jnp
 from gensar_jax.identifiers import quantizer
 
 
-def _sq_dist(x_NxD: jax.Array, c_KxD: jax.Array) -> jax.Array:
-  return (
-      jnp.sum(x_NxD**2, -1, keepdims=True) - 2.0 * x_NxD @ c_KxD.T + jnp.sum(c_KxD**2, -1)[None]
-  )
-
-
 def kmeans_plus_plus(x_NxD: jax.Array, k: int, key: jax.Array) -> jax.Array:
   """k-means++ seeding: each next centre drawn with probability ∝ squared distance.
 
@@ -61,7 +55,7 @@ def kmeans(x_NxD: jax.Array, k: int, key: jax.Array, iters: int = 50) -> jax.Arr
   centres_KxD = kmeans_plus_plus(x_NxD, k, key)
 
   def lloyd(_, centres_KxD):
-    assign_N = quantizer.argmin_rows(_sq_dist(x_NxD, centres_KxD))
+    assign_N = quantizer.argmin_rows(quantizer.squared_distances(x_NxD, centres_KxD))
     onehot_NxK = jax.nn.one_hot(assign_N, k, dtype=x_NxD.dtype)
     counts_K = jnp.sum(onehot_NxK, 0)
     sums_KxD = onehot_NxK.T @ x_NxD

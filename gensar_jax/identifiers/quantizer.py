@@ -26,8 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gensar_jax import task_kinds
+
 VARIANTS = ("joint", "semantic", "collaborative")
-KINDS = ("semantic", "collaborative")
+KINDS = task_kinds.KINDS  # ("semantic", "collaborative")
 
 
 @dataclasses.dataclass(frozen=True)

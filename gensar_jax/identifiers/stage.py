@@ -1,6 +1,6 @@
 """The identifiers stage: train the residual quantizer and write unique identifiers.
 
-Reads `<workdir>/embed/{semantic,collaborative,item_ids}.npy`; writes
+Reads `<workdir>/embed/{semantic,collaborative,item_ids}.npy` (`embed/outputs.py`); writes
 `identifiers.npz` (see `table.py`), `params.npz` (the kept quantizer parameters) and a
 summary with the collision rates before and after resolution, the distinct codes used
 at each level (before and after resolution), the best epoch, losses, timings and the
@@ -16,15 +16,20 @@ from absl import logging
 import jax
 import numpy as np
 
-from gensar_jax import pipeline
+from gensar_jax import context
+from gensar_jax import errors
+from gensar_jax import task_kinds
+from gensar_jax.embed import outputs as embed_outputs
 from gensar_jax.identifiers import build
 from gensar_jax.identifiers import quantizer
 from gensar_jax.identifiers import resolve
 from gensar_jax.identifiers import table
 from gensar_jax.identifiers import train as train_lib
 
-_FILES = {"semantic": "semantic.npy", "collaborative": "collaborative.npy"}
 _SEED_SALT = 3  # Folded into config.seed so this stage's streams differ from others'.
+
+INPUTS = ("data", "embed")
+CONFIG_KEYS = ("identifiers",)
 
 
 def validate(config) -> None:
@@ -33,7 +38,7 @@ def validate(config) -> None:
   try:
     quantizer.make_plan(q.variant, int(q.num_shared_levels), int(q.num_specific_levels))
   except ValueError as e:
-    raise pipeline.PipelineError(f"config.identifiers: {e}") from None
+    raise errors.PipelineError(f"config.identifiers: {e}") from None
   checks = [
       (int(q.codebook_size) >= 2, "codebook_size must be at least 2"),
       (int(q.latent_dim) >= 2 and int(q.latent_dim) % 2 == 0, "latent_dim must be even, >= 2"),
@@ -46,32 +51,33 @@ def validate(config) -> None:
   ]
   for ok, message in checks:
     if not ok:
-      raise pipeline.PipelineError(f"config.identifiers: {message}")
+      raise errors.PipelineError(f"config.identifiers: {message}")
 
 
 def load_embeddings(embed_dir: pathlib.Path, kinds: tuple[str, ...]):
   """Reads the embed stage's arrays; returns ({kind: [N, d] float32}, item_ids [N])."""
-  paths = {k: embed_dir / _FILES[k] for k in kinds} | {"ids": embed_dir / "item_ids.npy"}
+  paths = ({k: embed_dir / embed_outputs.FILE_OF_KIND[k] for k in kinds}
+           | {"ids": embed_dir / embed_outputs.ITEM_IDS})
   missing = [str(p) for p in paths.values() if not p.exists()]
   if missing:
-    raise pipeline.PipelineError(f"identifiers: embed outputs missing: {missing}")
+    raise errors.PipelineError(f"identifiers: embed outputs missing: {missing}")
   item_ids = np.load(paths["ids"], allow_pickle=False)
   inputs = {}
   for k in kinds:
     x = np.load(paths[k], allow_pickle=False)
     if x.ndim != 2 or len(x) != len(item_ids):
-      raise pipeline.PipelineError(
+      raise errors.PipelineError(
           f"identifiers: {paths[k]} has shape {x.shape}, expected [{len(item_ids)}, d]"
       )
     if not np.isfinite(x).all():
-      raise pipeline.PipelineError(f"identifiers: {paths[k]} holds NaN or infinite values")
+      raise errors.PipelineError(f"identifiers: {paths[k]} holds NaN or infinite values")
     inputs[k] = x.astype(np.float32)
   if len(item_ids) < 2:
-    raise pipeline.PipelineError(f"identifiers: need at least 2 items, got {len(item_ids)}")
+    raise errors.PipelineError(f"identifiers: need at least 2 items, got {len(item_ids)}")
   return inputs, item_ids
 
 
-def run(config, ctx: pipeline.StageContext) -> dict:
+def run(config, ctx: context.StageContext) -> dict:
   """Trains the quantizer, resolves collisions, writes identifiers and parameters."""
   validate(config)
   q = config.identifiers
@@ -89,7 +95,7 @@ def run(config, ctx: pipeline.StageContext) -> dict:
   try:
     ids, stats = build.build_identifiers(model, result.params, inputs, item_ids)
   except resolve.PrefixFullError as e:
-    raise pipeline.PipelineError(f"identifiers: {e}") from None
+    raise errors.PipelineError(f"identifiers: {e}") from None
   build_s = time.perf_counter() - t0
   table.save(ctx.dir, ids)
   build.save_params(ctx.dir, result.params)
@@ -100,7 +106,7 @@ def run(config, ctx: pipeline.StageContext) -> dict:
       "num_items": int(len(item_ids)),
       "input_dims": {k: int(v.shape[1]) for k, v in inputs.items()},
       "level_names": {k: list(ids.for_task(t).level_names)
-                      for k, t in (("semantic", "search"), ("collaborative", "recommendation"))},
+                      for k, t in task_kinds.TASK_OF_KIND.items()},
       "codebook_size": int(q.codebook_size),
       "num_params": int(sum(np.size(x) for x in jax.tree.leaves(result.params))),
       "collision_before": stats["collision_before"],

@@ -18,8 +18,10 @@ import pathlib
 
 import numpy as np
 
+from gensar_jax import task_kinds
+
 FILENAME = "identifiers.npz"
-KINDS = ("semantic", "collaborative")
+KINDS = task_kinds.KINDS  # ("semantic", "collaborative")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,11 +47,9 @@ class Identifiers:
 
   def for_task(self, task: str) -> IdentifierTable:
     """The table used for a task: semantic for search, collaborative for recommendation."""
-    if task == "search":
-      return self.semantic
-    if task == "recommendation":
-      return self.collaborative
-    raise ValueError(f"unknown task {task!r}")
+    if task not in task_kinds.KIND_OF_TASK:
+      raise ValueError(f"unknown task {task!r}")
+    return getattr(self, task_kinds.KIND_OF_TASK[task])
 
 
 def save(path: str | os.PathLike, ids: Identifiers) -> None:

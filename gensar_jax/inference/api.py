@@ -32,13 +32,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gensar_jax import pipeline
+from gensar_jax import ranking
+from gensar_jax import sharding
 from gensar_jax import tasks as tasks_lib
 from gensar_jax.data import dataset
-from gensar_jax.evaluation import generative
 from gensar_jax.model import t5 as t5_lib
 from gensar_jax.train import checkpoint as ckpt_lib
-from gensar_jax.train import sharding
 
 # A query (after its word limit) keeps at most this many characters per encoder token:
 # far above any real query, it bounds the tokenizer's work on a pathological one (a
@@ -136,7 +135,7 @@ class GenSAR:
     self.builder = tasks_lib.TaskBuilder(catalog, bundle.identifiers, cfg.tasks)
     self.max_rec = int(cfg.data.max_rec_his_len)
     self.max_src = int(cfg.data.max_src_his_len)
-    self.ranker = generative.GenerativeRanker(
+    self.ranker = ranking.GenerativeRanker(
         t5_lib.T5(bundle.t5_config), bundle.tokenizer, self.builder,
         beam_size=beam_size or cfg.eval.beam_size, batch_size=batch_size or cfg.eval.batch_size,
         max_source_len=cfg.tasks.max_source_len, score=cfg.eval.score, mesh=mesh)
@@ -155,8 +154,14 @@ class GenSAR:
       **kwargs: beam_size, batch_size.
     """
     workdir = pathlib.Path(workdir)
-    bundle = ckpt_lib.load_for_decoding(workdir / "train", which)
-    catalog = dataset.load_catalog(workdir / "data")
+    return cls.from_dirs(workdir / "train", workdir / "data", which, mesh=mesh, **kwargs)
+
+  @classmethod
+  def from_dirs(cls, train_dir: str | pathlib.Path, data_dir: str | pathlib.Path,
+                which: str = "best", *, mesh=None, **kwargs) -> "GenSAR":
+    """Loads a trained model from its train and data stage directories (as `load`)."""
+    bundle = ckpt_lib.load_for_decoding(train_dir, which)
+    catalog = dataset.load_catalog(data_dir)
     if mesh == "auto":
       mesh = sharding.make_mesh(bundle.config.mesh.data_axis)
     return cls(bundle, catalog, mesh=mesh, **kwargs)
@@ -361,9 +366,3 @@ class GenSAR:
                          "query")
     return self._batch("search", histories, queries, k, candidates)
 
-
-def check_workdir(workdir: pathlib.Path) -> None:
-  """Raises PipelineError unless the workdir holds a trained model and its data."""
-  for stage in ("data", "train"):
-    if not (pathlib.Path(workdir) / stage).is_dir():
-      raise pipeline.PipelineError(f"{workdir} has no {stage} stage output; train a model first")

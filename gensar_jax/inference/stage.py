@@ -40,7 +40,9 @@ import time
 from absl import logging
 import tqdm
 
-from gensar_jax import pipeline
+from gensar_jax import atomic
+from gensar_jax import context
+from gensar_jax import errors
 from gensar_jax.data import dataset
 from gensar_jax.data import schema
 from gensar_jax.inference import api
@@ -49,20 +51,23 @@ TASKS = {"recommend": "recommendation", "search": "search"}
 FIELDS = ("id", "task", "history", "query", "k", "candidates")
 _CHUNK = 256  # Requests handed to the model at once (it batches them further).
 
+INPUTS = ("train", "data")  # The model; the catalog and the test split (example requests).
+CONFIG_KEYS = ("infer",)
+
 
 def validate(config) -> None:
   """Checks the infer section."""
   i = config.infer
   if i.requests and not pathlib.Path(i.requests).is_file():
-    raise pipeline.PipelineError(f"config.infer.requests: no file {i.requests}")
+    raise errors.PipelineError(f"config.infer.requests: no file {i.requests}")
   if i.requests and not i.output:
-    raise pipeline.PipelineError("config.infer.output must name the answers file")
+    raise errors.PipelineError("config.infer.output must name the answers file")
   if not i.requests and i.example_requests <= 0:
-    raise pipeline.PipelineError(
+    raise errors.PipelineError(
         "the infer stage needs --config.infer.requests=FILE.jsonl (and infer.output), or "
         "infer.example_requests > 0")
   if i.k < 1:
-    raise pipeline.PipelineError("config.infer.k must be >= 1")
+    raise errors.PipelineError("config.infer.k must be >= 1")
 
 
 def read_request_lines(path) -> list[str]:
@@ -253,23 +258,23 @@ def example_requests(model: api.GenSAR, data_dir, count: int) -> list[str]:
   return lines[:count]
 
 
-def run(config, ctx: pipeline.StageContext) -> dict:
+def run(config, ctx: context.StageContext) -> dict:
   """Answers the request file (or the example requests) and writes the answers."""
   start = time.time()
-  api.check_workdir(ctx.workdir)
-  model = api.GenSAR.load(ctx.workdir, mesh="auto")
+  data_dir = ctx.input_dir("data")
+  model = api.GenSAR.from_dirs(ctx.input_dir("train"), data_dir, mesh="auto")
   i = config.infer
   if i.requests:
     lines = read_request_lines(i.requests)
     output = pathlib.Path(i.output)
   else:
-    lines = example_requests(model, ctx.input_dir("data"), int(i.example_requests))
+    lines = example_requests(model, data_dir, int(i.example_requests))
     output = ctx.dir / "example_answers.jsonl"
   t0 = time.time()
   answers = answer_requests(model, lines, int(i.k))
   decode_s = time.time() - t0
   output.parent.mkdir(parents=True, exist_ok=True)
-  pipeline.write_text_atomic(output, "".join(json.dumps(a) + "\n" for a in answers))
+  atomic.write_text_atomic(output, "".join(json.dumps(a) + "\n" for a in answers))
   if not i.requests:
     for a in answers:
       req = json.loads(lines[a["line"] - 1])

@@ -30,7 +30,6 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 FEED_FORWARDS = ("relu", "gated-gelu")
 _MASKED = -1e9  # Additive attention bias of a masked key (finite: no NaN rows).
@@ -544,10 +543,3 @@ def init_params(config: T5Config, rng: jax.Array, src_len: int = 8, tgt_len: int
   src = jnp.ones((1, src_len), jnp.int32)
   tgt = jnp.ones((1, tgt_len), jnp.int32)
   return T5(config).init(rng, src, tgt)
-
-
-def shift_right(tgt_ids_BxT: np.ndarray | jax.Array, decoder_start_id: int = 0):
-  """Decoder inputs for teacher forcing: `decoder_start_id` then the targets but the last."""
-  tgt = jnp.asarray(tgt_ids_BxT)
-  start = jnp.full(tgt.shape[:-1] + (1,), decoder_start_id, tgt.dtype)
-  return jnp.concatenate([start, tgt[..., :-1]], axis=-1)

@@ -8,12 +8,12 @@ Numbers are copied, never recomputed, so the report always equals `metrics.json`
 
 from __future__ import annotations
 
-import json
 import pathlib
 from collections.abc import Mapping
 
+from gensar_jax import metrics as metrics_lib
 from gensar_jax.data import schema
-from gensar_jax.evaluation import metrics as metrics_lib
+from gensar_jax.evaluation import outputs as eval_outputs
 
 PROTOCOLS = ("sampled", "full")
 _PROTOCOL_TITLES = {"sampled": "100 candidates (positive + 99 stored negatives)",
@@ -31,8 +31,7 @@ def baseline_name(key: str) -> str:
 
 def read_metrics(workdir: pathlib.Path) -> dict | None:
   """A run's eval `metrics.json`, or None when it has not been evaluated."""
-  path = pathlib.Path(workdir) / "eval" / "metrics.json"
-  return json.loads(path.read_text()) if path.exists() else None
+  return eval_outputs.run_metrics(workdir)
 
 
 def _gensar_entry(metrics: Mapping, method: str, kind: str) -> dict:

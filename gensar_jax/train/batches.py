@@ -5,7 +5,8 @@ a seeded permutation, cut into chunks of `GROUP_BATCHES` batches, each chunk sor
 (target bucket, source length) and cut into batches, then the batch order shuffled.
 Similar lengths share a batch (little padding) while batch composition still varies
 between epochs. A batch is padded to the smallest bucket length holding its longest
-source/target, so the jitted step compiles once per (source, target) bucket pair.
+source/target (`gensar_jax.padding`), so the jitted step compiles once per (source,
+target) bucket pair.
 
 The plan is a pure function of (seed, epoch, lengths), the same on every process;
 each process materialises only its rows of every global batch. A grain
@@ -16,32 +17,15 @@ continues with the same next batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 import grain
 import numpy as np
 
+from gensar_jax.padding import bucket_length
+from gensar_jax.padding import pad_stack
+from gensar_jax.padding import SOURCE_BUCKETS
+from gensar_jax.padding import TARGET_BUCKETS
+
 GROUP_BATCHES = 32  # Batches per length-sorted chunk.
-SOURCE_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
-TARGET_BUCKETS = (8, 16, 32, 64, 128, 256)
-
-
-def bucket_length(n: int, buckets: Sequence[int]) -> int:
-  """Smallest bucket >= n (n itself when above every bucket)."""
-  for b in buckets:
-    if n <= b:
-      return b
-  return int(n)
-
-
-def encode_examples(
-    encode_batch: Callable[[list[str], int], list[list[int]]],
-    sources: list[str], targets: list[str], max_source_len: int, max_target_len: int,
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-  """Token ids of every source and target (each ends with eos, at most the limits)."""
-  src = [np.asarray(x, np.int32) for x in encode_batch(list(sources), max_source_len)]
-  tgt = [np.asarray(x, np.int32) for x in encode_batch(list(targets), max_target_len)]
-  return src, tgt
 
 
 def plan_batches(
@@ -67,14 +51,6 @@ def plan_batches(
     return np.zeros((0, global_batch), np.int64)
   plan = np.stack(batches)
   return plan[rng.permutation(len(plan))]
-
-
-def pad_stack(seqs: Sequence[np.ndarray], length: int) -> np.ndarray:
-  """`[len(seqs), length]` int32, zero-padded on the right."""
-  out = np.zeros((len(seqs), length), np.int32)
-  for i, s in enumerate(seqs):
-    out[i, : len(s)] = s[:length]
-  return out
 
 
 class EpochBatches:

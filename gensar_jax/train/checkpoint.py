@@ -27,7 +27,9 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from gensar_jax import pipeline
+from gensar_jax import atomic
+from gensar_jax import errors
+from gensar_jax import task_kinds
 from gensar_jax.identifiers import table as id_table
 from gensar_jax.model import t5 as t5_lib
 
@@ -92,13 +94,6 @@ class Checkpointer:
     ))
     return r.params, r.opt_state, dict(r.meta)
 
-  def best_meta(self) -> dict | None:
-    """The meta record of the best checkpoint (None when there is none)."""
-    step = self.best.latest_step()
-    if step is None:
-      return None
-    return dict(self.best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
-
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are written."""
     self.periodic.wait_until_finished()
@@ -111,19 +106,23 @@ class Checkpointer:
 
 
 def write_decoding_files(
-    train_dir: pathlib.Path, config: ml_collections.ConfigDict, t5_config: t5_lib.T5Config,
+    train_dir: pathlib.Path, config_json: str, t5_config: t5_lib.T5Config,
     tokenizer, identifiers_path: pathlib.Path,
 ) -> None:
-  """Writes what decoding needs besides the parameters (tokenizer, identifiers, configs)."""
+  """Writes what decoding needs besides the parameters (tokenizer, identifiers, configs).
+
+  Args:
+    config_json: the whole pipeline config as JSON (`ConfigDict.to_json(indent=2)`).
+  """
   train_dir = pathlib.Path(train_dir)
   tokenizer.save(train_dir / TOKENIZER)
   src = pathlib.Path(identifiers_path)
   if src.suffix != ".npz":
     src = src / id_table.FILENAME
   shutil.copyfile(src, train_dir / id_table.FILENAME)
-  pipeline.write_text_atomic(train_dir / CONFIG, config.to_json(indent=2) + "\n")
-  pipeline.write_json_atomic(train_dir / MODEL_CONFIG, t5_config.to_dict())
-  pipeline.write_json_atomic(train_dir / DECODING, {
+  atomic.write_text_atomic(train_dir / CONFIG, config_json + "\n")
+  atomic.write_json_atomic(train_dir / MODEL_CONFIG, t5_config.to_dict())
+  atomic.write_json_atomic(train_dir / DECODING, {
       "tokenizer": tokenizer.fingerprint(),
       "identifiers": identifiers_fingerprint(id_table.load(train_dir / id_table.FILENAME))})
 
@@ -133,7 +132,7 @@ def identifiers_fingerprint(ids: id_table.Identifiers) -> str:
   h = hashlib.sha256()
   h.update("\n".join(str(i) for i in ids.item_ids).encode())
   for kind in id_table.KINDS:
-    t = ids.for_task("search" if kind == "semantic" else "recommendation")
+    t = ids.for_task(task_kinds.TASK_OF_KIND[kind])
     h.update(np.ascontiguousarray(t.codes, np.int64).tobytes())
     h.update(("|".join(t.level_names) + f"|{t.codebook_size}").encode())
   return h.hexdigest()[:16]
@@ -145,15 +144,15 @@ def check_decoding_files(train_dir: pathlib.Path, tokenizer, identifiers: id_tab
   trained with (tokenizer, identifier tables) or do not fit the model."""
   recorded = json.loads((pathlib.Path(train_dir) / DECODING).read_text())
   if recorded["tokenizer"] != tokenizer.fingerprint():
-    raise pipeline.PipelineError(
+    raise errors.PipelineError(
         f"the tokenizer in {train_dir / TOKENIZER} differs from the one the checkpoint was "
         "trained with; restore the original files or retrain")
   if recorded["identifiers"] != identifiers_fingerprint(identifiers):
-    raise pipeline.PipelineError(
+    raise errors.PipelineError(
         f"the identifier tables in {train_dir / id_table.FILENAME} differ from the ones the "
         "checkpoint was trained with; restore the original files or retrain")
   if tokenizer.vocab_size > t5_config.vocab_size:
-    raise pipeline.PipelineError(
+    raise errors.PipelineError(
         f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
         f"{t5_config.vocab_size} embeddings")
 
@@ -187,7 +186,7 @@ def load_for_decoding(train_dir, which: str = "best") -> DecodingBundle:
     raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
   train_dir = pathlib.Path(train_dir)
   if not (train_dir / MODEL_CONFIG).exists():
-    raise pipeline.PipelineError(f"{train_dir} holds no trained model ({MODEL_CONFIG} missing)")
+    raise errors.PipelineError(f"{train_dir} holds no trained model ({MODEL_CONFIG} missing)")
   t5_config = t5_lib.T5Config.from_dict(json.loads((train_dir / MODEL_CONFIG).read_text()))
   config = ml_collections.ConfigDict(json.loads((train_dir / CONFIG).read_text()))
   tokenizer = tok_lib.Tokenizer.load(train_dir / TOKENIZER)
@@ -202,7 +201,7 @@ def load_for_decoding(train_dir, which: str = "best") -> DecodingBundle:
         manager = m
         break
   if manager is None:
-    raise pipeline.PipelineError(f"no checkpoint found under {train_dir}")
+    raise errors.PipelineError(f"no checkpoint found under {train_dir}")
   step = manager.latest_step()
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   shapes = jax.eval_shape(lambda: t5_lib.init_params(t5_config, jax.random.key(0)))

@@ -36,12 +36,12 @@ import jax
 import numpy as np
 import tqdm
 
+from gensar_jax import sharding
 from gensar_jax.errors import PipelineError
 from gensar_jax.errors import Preempted
 from gensar_jax.train import batches as batches_lib
 from gensar_jax.train import checkpoint as ckpt_lib
 from gensar_jax.train import logging_utils
-from gensar_jax.train import sharding
 from gensar_jax.train import step as step_lib
 
 # make_epoch(epoch) -> (source ids per example, target ids per example), eos included.
@@ -221,7 +221,7 @@ def train(
   ckpt = ckpt_lib.Checkpointer(train_dir, tc.max_to_keep)
   state, resume_step, prog, state_sh = _initial_state(
       ckpt, init_params, tx, mesh, shard_params)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  replicated = sharding.replicated(mesh)
   batch_sh = {k: sharding.batch_sharding(mesh, 1, 3) for k in ("src", "tgt")}
   step_fn = step_lib.jit_train_step(
       step_lib.make_train_step(model, tx, schedule, dropout=model.config.dropout_rate > 0),
@@ -347,7 +347,7 @@ def _initial_state(ckpt, init_params, tx, mesh, shard_params: bool):
   if resume_step is None:
     return state, None, Progress(), state_sh
   params, opt_state, meta = ckpt.restore(resume_step, state.params, state.opt_state)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  replicated = sharding.replicated(mesh)
   state = step_lib.TrainState(step=jax.device_put(np.int32(resume_step), replicated),
                               params=params, opt_state=opt_state)
   logging.info("resumed from step %d (epoch %d)", resume_step, meta["epoch"])

@@ -5,11 +5,11 @@ and, when `config.doc2query.enabled` and that stage has run, the doc2query stage
 pseudo-queries. Builds (or, on resume, reloads) the tokenizer, writes everything
 decoding needs next to the checkpoints (`checkpoint.write_decoding_files`), and trains
 with `loop.train`. Validation decodes the last `train.eval_rows` validation rows of
-each task against their stored candidates with the eval stage's own code
-(`GenerativeRanker`, ranking by `eval.rank` and `eval.score`, which the stage declares
-as inputs of its fingerprint); the best checkpoint is the best mean NDCG@5 over the
-tasks. `curve.json` / `curve.png` hold the validation curve against wall-clock minutes
-(the experiment harness: `train.max_minutes` gives runs an equal budget).
+each task against their stored candidates with the ranker eval and inference use
+(`gensar_jax.ranking.GenerativeRanker`, ranking by `eval.rank` and `eval.score`, which
+the stage declares in `CONFIG_KEYS`); the best checkpoint is the best mean NDCG@5 over
+the tasks. `curve.json` / `curve.png` hold the validation curve against wall-clock
+minutes (the experiment harness: `train.max_minutes` gives runs an equal budget).
 """
 
 from __future__ import annotations
@@ -21,11 +21,14 @@ from absl import logging
 import jax
 import numpy as np
 
-from gensar_jax import pipeline
+from gensar_jax import context
+from gensar_jax import errors
+from gensar_jax import ranking
+from gensar_jax import sharding
 from gensar_jax import tasks as tasks_lib
 from gensar_jax.data import dataset
 from gensar_jax.data import schema
-from gensar_jax.evaluation import generative
+from gensar_jax.doc2query import outputs as d2q_outputs
 from gensar_jax.identifiers import build as id_build
 from gensar_jax.identifiers import table as id_table
 from gensar_jax.model import code_init
@@ -35,9 +38,17 @@ from gensar_jax.train import checkpoint as ckpt_lib
 from gensar_jax.train import curve
 from gensar_jax.train import logging_utils
 from gensar_jax.train import loop
-from gensar_jax.train import sharding
 
 _SEED_SALT = 5  # Folded into config.seed for the model's initialisation.
+
+INPUTS = ("data", "identifiers", "doc2query")
+OPTIONAL_INPUTS = ("doc2query",)
+# The eval settings that choose the best checkpoint (validation ranks like eval).
+CONFIG_KEYS = ("model", "tokenizer", "tasks", "train", "mesh", "eval.beam_size", "eval.score",
+               "eval.rank")
+# Read but not fingerprinted: validation's decoding batch; whether ad-hoc search is on
+# (fixed by the doc2query input's fingerprint).
+ALSO_READS = ("eval.batch_size", "doc2query.enabled")
 
 
 def external_files(config, workdir) -> list[pathlib.Path]:
@@ -68,24 +79,26 @@ def validate(config) -> None:
   ]
   for ok, message in checks:
     if not ok:
-      raise pipeline.PipelineError(f"config: {message}")
+      raise errors.PipelineError(f"config: {message}")
   if config.data.demo:
-    generative.check_beam(int(config.eval.beam_size), int(config.data.demo_items))
+    ranking.check_beam(int(config.eval.beam_size), int(config.data.demo_items))
   try:
     shares = tasks_lib.check_shares(dict(config.tasks.shares))
   except ValueError as e:
-    raise pipeline.PipelineError(f"config.tasks: {e}") from None
+    raise errors.PipelineError(f"config.tasks: {e}") from None
   if all(c == 0 for c in shares.values()):
-    raise pipeline.PipelineError("config.tasks.shares switches every task off")
+    raise errors.PipelineError("config.tasks.shares switches every task off")
 
 
-def load_pseudo_queries(config, ctx: pipeline.StageContext, item_ids: np.ndarray):
-  """Per item its doc2query pseudo-queries, or None (ad-hoc search off or not run)."""
+def load_pseudo_queries(config, ctx: context.StageContext, item_ids: np.ndarray):
+  """Per item its doc2query pseudo-queries, or None (ad-hoc search off or not run).
+
+  `doc2query.enabled` is read, not fingerprinted: the doc2query stage's fingerprint (an
+  input of this one) holds it, and that stage writes no pseudo-queries when it is off.
+  """
   if not config.doc2query.enabled or not ctx.has_input("doc2query"):
     return None
-  from gensar_jax.doc2query import stage as d2q_stage  # pylint: disable=g-import-not-at-top
-
-  return d2q_stage.load_pseudo_queries(ctx.input_dir("doc2query"), item_ids)
+  return d2q_outputs.load_pseudo_queries(ctx.input_dir("doc2query"), item_ids)
 
 
 def level_names(identifiers: id_table.Identifiers) -> list[str]:
@@ -118,7 +131,7 @@ def make_model(config, vocab_size: int):
           seed=int(config.seed) + _SEED_SALT, dtype=config.model.dtype,
           dropout_rate=float(config.model.dropout_rate))
     except (OSError, KeyError, ValueError) as e:
-      raise pipeline.PipelineError(
+      raise errors.PipelineError(
           f"config.model.init_checkpoint_dir={config.model.init_checkpoint_dir}: {e}") from None
     logging.info("train: starting from %s (its dimensions replace config.model's)",
                  config.model.init_checkpoint_dir)
@@ -132,8 +145,7 @@ def init_code_embeddings(config, params, tokenizer: tok_lib.Tokenizer, ids_dir):
   """`config.model.code_init == "codebook"`: code-token rows from the quantizer's codebooks."""
   if config.model.code_init == "random":
     return params
-  with np.load(ids_dir / id_build.PARAMS_FILENAME, allow_pickle=False) as f:
-    codebooks = code_init.quantizer_codebooks({k: f[k] for k in f.files})
+  codebooks = code_init.quantizer_codebooks(id_build.load_flat_params(ids_dir))
   emb = params["params"]["shared"]["embedding"]
   new = code_init.apply(np.asarray(emb), codebooks, tokenizer.level_offsets,
                         int(config.seed) + _SEED_SALT)
@@ -142,13 +154,13 @@ def init_code_embeddings(config, params, tokenizer: tok_lib.Tokenizer, ids_dir):
   return params
 
 
-def run(config, ctx: pipeline.StageContext) -> dict:
+def run(config, ctx: context.StageContext) -> dict:
   """Trains the model; returns the summary (steps, losses, best validation, speed)."""
   start = time.time()
   data_dir = ctx.input_dir("data")
   ids_dir = ctx.input_dir("identifiers")
   catalog = dataset.load_catalog(data_dir)
-  generative.check_beam(int(config.eval.beam_size), catalog.num_items)
+  ranking.check_beam(int(config.eval.beam_size), catalog.num_items)
   identifiers = id_table.load(ids_dir)
   pseudo = load_pseudo_queries(config, ctx, catalog.item_ids)
   builder = tasks_lib.TaskBuilder(catalog, identifiers, config.tasks, pseudo_queries=pseudo)
@@ -157,7 +169,8 @@ def run(config, ctx: pipeline.StageContext) -> dict:
   model, params = make_model(config, tokenizer.vocab_size)
   params = init_code_embeddings(config, params, tokenizer, ids_dir)
   if jax.process_index() == 0:
-    ckpt_lib.write_decoding_files(ctx.dir, config, model.config, tokenizer, ids_dir)
+    record = ctx.config_record() if ctx.config_record else config.to_json(indent=2)
+    ckpt_lib.write_decoding_files(ctx.dir, record, model.config, tokenizer, ids_dir)
   logging.info("train: vocabulary %d, %d parameters, epoch mixture %s", tokenizer.vocab_size,
                sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)),
                builder.epoch_counts(train_rows))
@@ -171,7 +184,7 @@ def run(config, ctx: pipeline.StageContext) -> dict:
     return ([np.asarray(s, np.int32) for s in src], [np.asarray(t, np.int32) for t in tgt])
 
   mesh = sharding.make_mesh(config.mesh.data_axis)
-  ranker = generative.GenerativeRanker(
+  ranker = ranking.GenerativeRanker(
       model, tokenizer, builder, beam_size=config.eval.beam_size,
       batch_size=config.eval.batch_size, max_source_len=tc.max_source_len,
       score=config.eval.score, mesh=mesh)

@@ -139,8 +139,3 @@ def jit_train_step(step_fn, state_shardings, batch_shardings, replicated):
       out_shardings=(state_shardings, replicated),
       donate_argnums=(0,),
   )
-
-
-def make_eval_loss(model) -> Callable[[Any, dict], tuple[jax.Array, jax.Array]]:
-  """Jitted `(params, {"src", "tgt"} [B, ...]) -> (nll_sum, tokens)`, no dropout."""
-  return jax.jit(lambda params, b: nll_sum(model, params, b["src"], b["tgt"]))

@@ -1,5 +1,7 @@
 """The device mesh and how parameters and batches are laid out on it (DESIGN §5).
 
+Shared by training, doc2query, decoding, the generative ranker, eval and inference.
+
 One mesh axis (`config.mesh.data_axis`, default "data") spans every device of every
 process. Batches are split along it; parameters are replicated, or, with
 `config.mesh.shard_params` (FSDP), each parameter is split along its largest
@@ -47,6 +49,17 @@ def batch_sharding(mesh: Mesh, batch_dim: int = 0, ndim: int = 2) -> NamedShardi
   spec = [None] * ndim
   spec[batch_dim] = mesh.axis_names[0]
   return NamedSharding(mesh, P(*spec))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """Sharding of an array every device holds whole."""
+  return NamedSharding(mesh, P())
+
+
+def split_leading(mesh: Mesh, data_axis: str | None = None) -> NamedSharding:
+  """Sharding of an array split along its first dimension over `data_axis` (default:
+  the mesh's first axis), its other dimensions whole."""
+  return NamedSharding(mesh, P(data_axis or mesh.axis_names[0]))
 
 
 def global_batch(local: dict[str, np.ndarray], mesh: Mesh, batch_dim: int = 0) -> dict[str, jax.Array]:

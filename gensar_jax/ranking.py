@@ -10,7 +10,8 @@ them against either each row's 100 stored candidates ("sampled") or the whole ca
   "beam":  the jitted trie-constrained beam search; items outside the final beam are
            unranked (a miss).
 
-Training-time validation, the eval stage and inference all use it, so they agree.
+Training-time validation, the eval stage and inference all use it, so they agree; it sits
+on the ground floor (no stage owns it) beside `metrics` and `sharding`.
 
 Batches are padded to a fixed size (a multiple of the mesh) and sources to bucket
 lengths, so the search compiles once per source bucket. Both constraint sets are
@@ -27,14 +28,14 @@ import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
-from gensar_jax import pipeline
-from gensar_jax import tokens
+from gensar_jax import errors
+from gensar_jax import metrics as metrics_lib
+from gensar_jax import padding
+from gensar_jax import sharding
+from gensar_jax import task_kinds
 from gensar_jax.decoding import beam_search
 from gensar_jax.decoding import exact as exact_lib
 from gensar_jax.decoding import trie
-from gensar_jax.evaluation import metrics as metrics_lib
-from gensar_jax.train import batches as batches_lib
-from gensar_jax.train import sharding
 
 MODES = ("sampled", "full")
 RANKS = ("exact", "beam")
@@ -44,7 +45,7 @@ TIE_SEED = 0  # Seed of the random tie-breaking of exact scores (fixed: reproduc
 def check_beam(beam_size: int, num_items: int) -> None:
   """Raises PipelineError when the beam is wider than the catalog."""
   if beam_size > num_items:
-    raise pipeline.PipelineError(
+    raise errors.PipelineError(
         f"config.eval.beam_size ({beam_size}) is larger than the catalog ({num_items} items); "
         "lower it")
 
@@ -95,8 +96,7 @@ class GenerativeRanker:
     table = self._table(task)
     first = None
     if self.builder.behaviour_tokens:
-      first = self.tokenizer.token_id(
-          tokens.REC_ITEM if task == "recommendation" else tokens.SEARCH_ITEM)
+      first = self.tokenizer.token_id(task_kinds.ITEM_TOKEN_OF_TASK[task])
     return trie.level_tokens(self.tokenizer.level_offsets, table.level_names,
                              table.codebook_size, first)
 
@@ -138,7 +138,7 @@ class GenerativeRanker:
     if self.mesh is None:
       return x
     if shared:
-      return jax.device_put(x, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()))
+      return jax.device_put(x, sharding.replicated(self.mesh))
     n_proc, pidx = jax.process_count(), jax.process_index()
     local = len(x) // n_proc
     return sharding.global_batch({"x": x[pidx * local:(pidx + 1) * local]}, self.mesh)["x"]
@@ -210,9 +210,8 @@ class GenerativeRanker:
       idx = np.arange(lo, lo + b)
       real = idx < n
       idx = np.where(real, idx, n - 1)  # pad the last batch with copies of a row
-      length = batches_lib.bucket_length(max(len(src[i]) for i in idx),
-                                         batches_lib.SOURCE_BUCKETS)
-      src_BxS = batches_lib.pad_stack([np.asarray(src[i], np.int32) for i in idx], length)
+      length = padding.bucket_length(max(len(src[i]) for i in idx), padding.SOURCE_BUCKETS)
+      src_BxS = padding.pad_stack([np.asarray(src[i], np.int32) for i in idx], length)
       yield real, fn(idx, self._put(src_BxS))
       bar.update(int(real.sum()))
     bar.close()
