@@ -178,7 +178,9 @@ def fingerprint_parts(config: ml_collections.ConfigDict, stage: Stage,
   A stage module may define `VERSION` (a string it changes whenever its outputs change
   for the same config); outputs written by another version are not reused. It may define
   `external_files(config, workdir) -> [path]`: files or folders outside the workdir it
-  reads (raw data, model folders), whose size and content enter the fingerprint.
+  reads (raw data, model folders), whose size and content enter the fingerprint; and
+  `config_fingerprint(config) -> {key: value}`: config values that matter only in some
+  settings (declared in ALSO_READS), added to the fingerprint when they matter.
   """
   module = importlib.import_module(stage.module)
   parts: dict[str, Any] = {
@@ -188,6 +190,9 @@ def fingerprint_parts(config: ml_collections.ConfigDict, stage: Stage,
       "config": {k: _section(config, k) for k in stage.config_keys},
       "inputs": {},
   }
+  conditional = getattr(module, "config_fingerprint", None)
+  if conditional is not None:
+    parts["config"].update(conditional(config))
   for name in stage.inputs:
     done = workdir / name / _DONE
     parts["inputs"][name] = done.read_text().strip() if done.exists() else None

@@ -261,3 +261,16 @@ def test_every_stage_declares_its_inputs_and_config():
     assert set(stage.optional) <= set(stage.inputs), stage.name
     assert all(i in pipeline._BY_NAME for i in stage.inputs), stage.name  # pylint: disable=protected-access
     assert stage.config_keys, stage.name
+
+
+def test_train_fingerprint_takes_the_beam_width_only_when_validation_uses_beams(tmp_path):
+  from tests.conftest import load_config  # pylint: disable=g-import-not-at-top
+
+  train = pipeline.STAGES[[s.name for s in pipeline.STAGES].index("train")]
+  fp = lambda c: pipeline.fingerprint(c, train, tmp_path)
+  base = load_config("demo")
+  wider = load_config("demo")
+  wider.eval.beam_size = 50
+  assert base.eval.rank == "exact" and fp(base) == fp(wider)  # Exact validation: no beams.
+  base.eval.rank = wider.eval.rank = "beam"
+  assert fp(base) != fp(wider)

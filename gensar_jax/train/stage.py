@@ -44,11 +44,17 @@ _SEED_SALT = 5  # Folded into config.seed for the model's initialisation.
 INPUTS = ("data", "identifiers", "doc2query")
 OPTIONAL_INPUTS = ("doc2query",)
 # The eval settings that choose the best checkpoint (validation ranks like eval).
-CONFIG_KEYS = ("model", "tokenizer", "tasks", "train", "mesh", "eval.beam_size", "eval.score",
-               "eval.rank")
+CONFIG_KEYS = ("model", "tokenizer", "tasks", "train", "mesh", "eval.score", "eval.rank")
 # Read but not fingerprinted: validation's decoding batch; whether ad-hoc search is on
-# (fixed by the doc2query input's fingerprint).
-ALSO_READS = ("eval.batch_size", "doc2query.enabled")
+# (fixed by the doc2query input's fingerprint); the beam width (see config_fingerprint).
+ALSO_READS = ("eval.batch_size", "doc2query.enabled", "eval.beam_size")
+
+
+def config_fingerprint(config) -> dict:
+  """Config values that enter the fingerprint only in some settings: the beam width
+  changes checkpoint selection only when validation ranks by beam search (with the
+  default exact ranking, evaluating with another beam reuses the trained model)."""
+  return {"eval.beam_size": config.eval.beam_size} if config.eval.rank == "beam" else {}
 
 
 def external_files(config, workdir) -> list[pathlib.Path]:
