@@ -90,16 +90,22 @@ def test_a_new_stage_version_invalidates_its_outputs(tmp_path, fake_data_stage):
   assert fake_data_stage == [1, 1]
 
 
-def test_stale_or_missing_inputs_are_refused_before_any_work(tmp_path, monkeypatch):
+def _fake_stages(monkeypatch, *stages):
+  """Installs `stages` as the pipeline; each module's run appends its name to the list
+  returned."""
   calls = []
-  for name in ("fake_a", "fake_b"):
-    module = types.ModuleType(name)
-    module.run = lambda config, ctx, n=name: calls.append(n) or {}
-    monkeypatch.setitem(sys.modules, name, module)
-  a = pipeline.Stage("data", "fake_a", (), ("data",))
-  b = pipeline.Stage("embed", "fake_b", ("data",), ("embed",))
-  monkeypatch.setattr(pipeline, "STAGES", (a, b))
-  monkeypatch.setattr(pipeline, "_BY_NAME", {"data": a, "embed": b})
+  for stage in stages:
+    module = types.ModuleType(stage.module)
+    module.run = lambda config, ctx, n=stage.module: calls.append(n) or {}
+    monkeypatch.setitem(sys.modules, stage.module, module)
+  monkeypatch.setattr(pipeline, "STAGES", stages)
+  monkeypatch.setattr(pipeline, "_BY_NAME", {s.name: s for s in stages})
+  return calls
+
+
+def test_stale_or_missing_inputs_are_refused_before_any_work(tmp_path, monkeypatch):
+  calls = _fake_stages(monkeypatch, pipeline.Stage("data", "fake_a", (), ("data",)),
+                       pipeline.Stage("embed", "fake_b", ("data",), ("embed",)))
   config = _config()
   config.embed = ml_collections.ConfigDict(dict(y=1))
   config.stages = "embed"
@@ -193,15 +199,9 @@ def test_file_digests_rehash_only_when_size_or_mtime_change(tmp_path, monkeypatc
 
 
 def test_report_follows_an_eval_rerun_when_it_ran_before(tmp_path, monkeypatch):
-  ran = []
-  for name in ("fake_eval", "fake_report"):
-    module = types.ModuleType(name)
-    module.run = lambda config, ctx, name=name: ran.append(name) or {}
-    monkeypatch.setitem(sys.modules, name, module)
-  stages = (pipeline.Stage("eval", "fake_eval", (), ("data",)),
-            pipeline.Stage("report", "fake_report", ("eval",), (), cached=False, refresh=True))
-  monkeypatch.setattr(pipeline, "STAGES", stages)
-  monkeypatch.setattr(pipeline, "_BY_NAME", {s.name: s for s in stages})
+  ran = _fake_stages(
+      monkeypatch, pipeline.Stage("eval", "fake_eval", (), ("data",)),
+      pipeline.Stage("report", "fake_report", ("eval",), (), cached=False, refresh=True))
   config = _config()
   config.stages = "eval"
   pipeline.run(config, tmp_path)
