@@ -285,3 +285,24 @@ def test_serialized_rows_parse_as_tf_examples_across_shards(tmp_path):
     for k in schema.ROW_FIELDS:
       assert list(example.features.feature[k].int64_list.value) == np.asarray(
           rows[k][r]).reshape(-1).tolist()
+
+
+def test_a_raw_file_replaced_in_place_reruns_the_data_stage(tmp_path, caplog):
+  import logging  # pylint: disable=g-import-not-at-top
+
+  raw_dir = write_tiny(tmp_path / "raw")
+  config = _stage_config(raw_dir, "Tiny")
+  pipeline.run(config, tmp_path / "work")
+  done = (tmp_path / "work" / "data" / ".done").read_text()
+  pipeline.run(config, tmp_path / "work")
+  assert (tmp_path / "work" / "data" / ".done").read_text() == done  # Unchanged: skipped.
+  reviews = next(raw_dir.glob("reviews_Tiny_5.json*"))
+  lines = gzip.decompress(reviews.read_bytes()).decode().splitlines() if reviews.suffix == ".gz" \
+      else reviews.read_text().splitlines()
+  kept = "\n".join(lines[:-1]) + "\n"  # The same file name, one review fewer.
+  reviews.write_bytes(gzip.compress(kept.encode()) if reviews.suffix == ".gz" else kept.encode())
+  with caplog.at_level(logging.INFO):
+    summary = pipeline.run(config, tmp_path / "work")["data"]
+  assert (tmp_path / "work" / "data" / ".done").read_text() != done
+  assert f"file {reviews} changed" in caplog.text
+  assert summary["rec_events"] == len(lines) - 1
