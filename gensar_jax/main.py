@@ -13,14 +13,12 @@ import pathlib
 import sys
 
 from absl import app
-from absl import flags
 from absl import logging
 
 from gensar_jax import config_files
 from gensar_jax import errors
 from gensar_jax import pipeline
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for every stage's outputs.")
 
 XLA_CACHE = ".xla_cache"
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -87,18 +85,33 @@ def outputs_text(workdir: pathlib.Path) -> str:
   return "\n".join(lines)
 
 
-def _run(config) -> None:
-  """The absl main: runs the pipeline with `config` in `--workdir`."""
+def _workdir(argv: list[str]) -> tuple[str | None, list[str]]:
+  """Takes `--workdir=DIR` (or `--workdir DIR`) out of argv (it is not an absl flag, so
+  other modules may define their own `--workdir`)."""
+  rest, workdir = [], None
+  it = iter(argv)
+  for arg in it:
+    if arg == "--workdir":
+      workdir = next(it, None)
+    elif arg.startswith("--workdir="):
+      workdir = arg.split("=", 1)[1]
+    else:
+      rest.append(arg)
+  return workdir, rest
+
+
+def _run(config, workdir: str) -> None:
+  """The absl main: runs the pipeline with `config` in `workdir`."""
   if config.get("distributed", False):
     import jax  # pylint: disable=g-import-not-at-top
 
     jax.distributed.initialize()
   logging.set_verbosity(logging.INFO)
   if config.get("xla_cache", False):
-    enable_xla_cache(pathlib.Path(_WORKDIR.value) / XLA_CACHE)
+    enable_xla_cache(pathlib.Path(workdir) / XLA_CACHE)
   try:
-    pipeline.run(config, _WORKDIR.value)
-    print(outputs_text(pathlib.Path(_WORKDIR.value)), flush=True)
+    pipeline.run(config, workdir)
+    print(outputs_text(pathlib.Path(workdir)), flush=True)
   except errors.Preempted as e:
     print(f"preempted: {e}", file=sys.stderr, flush=True)
     sys.exit(errors.PREEMPTED_EXIT_CODE)
@@ -125,10 +138,11 @@ def main(argv: list[str] | None = None) -> None:
   if show:
     config_files.show(config)
     sys.exit(0)
-  if not any(a == "--workdir" or a.startswith("--workdir=") for a in rest):
+  workdir, rest = _workdir(rest)
+  if not workdir:
     print("error: --workdir is required (the folder every stage writes into)", file=sys.stderr)
     sys.exit(errors.CONFIG_EXIT_CODE)
-  app.run(lambda args: _run(config) if len(args) == 1 else _unexpected(args), argv=rest)
+  app.run(lambda args: _run(config, workdir) if len(args) == 1 else _unexpected(args), argv=rest)
 
 
 def _unexpected(args: list[str]) -> None:
