@@ -142,6 +142,16 @@ def override(config: ml_collections.ConfigDict, name: str, text: str) -> None:
     node[parts[-1]] = _parse(name, text, current)
 
 
+def _flag_value(argv: list[str], i: int) -> tuple[str, str, int]:
+  """The flag at argv[i] (`--name=V` or `--name V`): (name, V, index after it)."""
+  key, eq, value = argv[i][2:].partition("=")
+  if eq:
+    return key, value, i + 1
+  if i + 1 >= len(argv):
+    raise ConfigError(f"{argv[i]} needs a value ({argv[i]}=VALUE)")
+  return key, argv[i + 1], i + 2
+
+
 def split_argv(argv: Iterable[str]) -> tuple[str | None, list[tuple[str, str]], list[str]]:
   """Separates `--config=SPEC` and `--config.x.y=V` (or `--config.x.y V`) from other flags.
 
@@ -154,20 +164,27 @@ def split_argv(argv: Iterable[str]) -> tuple[str | None, list[tuple[str, str]], 
   while i < len(argv):
     arg = argv[i]
     if arg == "--config" or arg.startswith("--config=") or arg.startswith("--config."):
-      key, eq, value = arg[2:].partition("=")
-      if not eq:
-        if i + 1 >= len(argv):
-          raise ConfigError(f"{arg} needs a value ({arg}=VALUE)")
-        i += 1
-        value = argv[i]
+      key, value, i = _flag_value(argv, i)
       if key == "config":
         spec = value
       else:
         overrides.append((key[len("config."):], value))
     else:
       rest.append(arg)
-    i += 1
+      i += 1
   return spec, overrides, rest
+
+
+def pop_flag(argv: list[str], name: str) -> tuple[str | None, list[str]]:
+  """Takes `--name=V` (or `--name V`) out of argv: (V or None, the remaining argv)."""
+  value, rest, i = None, [], 0
+  while i < len(argv):
+    if argv[i] == f"--{name}" or argv[i].startswith(f"--{name}="):
+      _, value, i = _flag_value(argv, i)
+    else:
+      rest.append(argv[i])
+      i += 1
+  return value, rest
 
 
 def from_argv(spec: str | None, overrides: list[tuple[str, str]]) -> ml_collections.ConfigDict:

@@ -85,21 +85,6 @@ def outputs_text(workdir: pathlib.Path) -> str:
   return "\n".join(lines)
 
 
-def _workdir(argv: list[str]) -> tuple[str | None, list[str]]:
-  """Takes `--workdir=DIR` (or `--workdir DIR`) out of argv (it is not an absl flag, so
-  other modules may define their own `--workdir`)."""
-  rest, workdir = [], None
-  it = iter(argv)
-  for arg in it:
-    if arg == "--workdir":
-      workdir = next(it, None)
-    elif arg.startswith("--workdir="):
-      workdir = arg.split("=", 1)[1]
-    else:
-      rest.append(arg)
-  return workdir, rest
-
-
 def _run(config, workdir: str) -> None:
   """The absl main: runs the pipeline with `config` in `workdir`."""
   if config.get("distributed", False):
@@ -132,13 +117,14 @@ def main(argv: list[str] | None = None) -> None:
   try:
     spec, overrides, rest = config_files.split_argv(argv)
     config = config_files.from_argv(spec, overrides)
+    # Not an absl flag: other modules (experiments) define their own --workdir.
+    workdir, rest = config_files.pop_flag(rest, "workdir")
   except config_files.ConfigError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(errors.CONFIG_EXIT_CODE)
   if show:
     config_files.show(config)
     sys.exit(0)
-  workdir, rest = _workdir(rest)
   if not workdir:
     print("error: --workdir is required (the folder every stage writes into)", file=sys.stderr)
     sys.exit(errors.CONFIG_EXIT_CODE)

@@ -76,3 +76,6 @@ def test_overrides_parse_as_the_field_type_and_refuse_sections():
   spec, overrides, rest = config_files.split_argv(
       ["prog", "--config", DEMO, "--config.seed", "3", "--workdir=/w"])
   assert (spec, overrides, rest) == (DEMO, [("seed", "3")], ["prog", "--workdir=/w"])
+  assert config_files.pop_flag(["prog", "--workdir", "/w", "-v"], "workdir") == ("/w", ["prog", "-v"])
+  assert config_files.pop_flag(rest, "workdir") == ("/w", ["prog"])
+  assert config_files.pop_flag(["prog", "--workdirs=x"], "workdir") == (None, ["prog", "--workdirs=x"])
