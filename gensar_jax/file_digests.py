@@ -36,8 +36,8 @@ class DigestCache:
       except (OSError, ValueError):
         self.entries = {}  # A damaged cache is only a cache: hash again.
 
-  def file(self, path: pathlib.Path) -> str:
-    """`size:sha256` of one file."""
+  def file(self, path: pathlib.Path, save: bool = True) -> str:
+    """`size:sha256` of one file (`save`: write the cache file when it was hashed)."""
     path = pathlib.Path(path).resolve()
     st = path.stat()
     key = str(path)
@@ -46,7 +46,8 @@ class DigestCache:
       return f"{st.st_size}:{hit['sha256']}"
     sha = _sha256(path)
     self.entries[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha}
-    self._save()
+    if save:
+      self._save()
     return f"{st.st_size}:{sha}"
 
   def path(self, path: pathlib.Path) -> str:
@@ -58,7 +59,8 @@ class DigestCache:
       return self.file(path)
     h = hashlib.sha256()
     for child in sorted(p for p in path.rglob("*") if p.is_file()):
-      h.update(f"{child.relative_to(path)}={self.file(child)}\n".encode())
+      h.update(f"{child.relative_to(path)}={self.file(child, save=False)}\n".encode())
+    self._save()  # Once per folder, not once per file.
     return "dir:" + h.hexdigest()
 
   def _save(self) -> None:
