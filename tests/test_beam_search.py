@@ -145,6 +145,31 @@ def test_allowed_and_full_scores_have_the_documented_values():
   np.testing.assert_allclose(np.exp(list(allowed.values())).sum(), 1.0)
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 64, 4096])
+def test_chunked_vocabulary_normaliser_equals_logsumexp(chunk):
+  # A vocabulary that is not a multiple of the chunk, logits large enough that a sum of
+  # plain exponentials overflows float32: the running maximum must keep it finite.
+  vocab = 61
+  rng = np.random.default_rng(0)
+  hidden = rng.normal(size=(2, 3, vocab)).astype(np.float32) * 40.0 + 60.0
+  got = jax.jit(lambda h: beam_search.vocab_logsumexp(fakes.FakeDecoder(vocab), h, chunk))(hidden)
+  m = hidden.astype(np.float64).max(-1, keepdims=True)
+  want = (m + np.log(np.exp(hidden - m).sum(-1, keepdims=True)))[..., 0]
+  assert np.all(np.isfinite(np.asarray(got)))
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)
+
+
+def test_full_scores_do_not_depend_on_the_normaliser_chunk(monkeypatch):
+  tok = fakes.level_tokens(3, 5, fakes.BEHAVIOUR[0])
+  codes = _random_codes(np.random.default_rng(3), 30, 3, 5)
+  table = trie.build_batched(codes, np.arange(30)[None].repeat(2, 0), 5)
+  want_items, want_scores = _run(table, [4, 9], tok, beam=12, score="full")
+  monkeypatch.setattr(beam_search, "VOCAB_CHUNK", 3)  # Default arguments read it at call time.
+  items, scores = _run(table, [4, 9], tok, beam=12, score="full")
+  np.testing.assert_array_equal(items, want_items)
+  np.testing.assert_allclose(scores, want_scores, rtol=1e-6)
+
+
 def test_shared_beams_run_one_copy_until_the_trie_branches():
   tok = fakes.level_tokens(3, 4, fakes.BEHAVIOUR[1])
   codes = _random_codes(np.random.default_rng(5), 20, 3, 4)
