@@ -31,6 +31,16 @@ per task) with both runs' best checkpoints and prints the paired difference of N
 (± its standard error, paired t-test): far tighter than comparing two means with their
 own standard errors, since both runs see the same rows.
 
+How much of a run's ranking is the items' popularity (validation rows only):
+
+  python -m gensar_jax.experiments popularity RUN
+
+scores the validation rows' 100 candidates with the best checkpoint and prints, per
+task, the mean rank correlation between the model's scores and the candidates'
+training popularity, how popular the positive is among its candidates, and the
+NDCG@10 of the scores with the popularity prior partly taken out (a diagnostic, never
+a reported result).
+
 `record` keeps the run's command and note, its training figures (steps, minutes, examples/s, fraction of wall time in the step loop), its
 validation curve (`train/curve.json`) and, if evaluated, its test NDCG@10 per task with
 standard errors and the paired test against the best baseline. `table` prints one
@@ -239,6 +249,71 @@ def compare(workdir_a: str | pathlib.Path, workdir_b: str | pathlib.Path) -> dic
   return out
 
 
+POPULARITY_BETAS = (0.0, 0.5, 1.0, 1.5)  # Weights of log(1 + popularity) taken out.
+
+
+def _row_ranks(x_RxC: np.ndarray) -> np.ndarray:
+  return np.argsort(np.argsort(x_RxC, axis=1, kind="stable"), axis=1).astype(np.float64)
+
+
+def popularity_alignment(scores_RxC: np.ndarray, popularity_RxC: np.ndarray,
+                         betas: Sequence[float] = POPULARITY_BETAS) -> dict:
+  """How far a ranking of candidate lists follows the candidates' popularity.
+
+  Args:
+    scores_RxC: a model's score of each row's candidates (column 0: the positive).
+    popularity_RxC: each candidate's training count.
+    betas: weights of log(1 + popularity) subtracted from the scores.
+
+  Returns:
+    {"spearman": mean over rows of the rank correlation between score and popularity,
+     "positive_popularity_percentile": mean share of a row's negatives less popular
+     than its positive, "ndcg@10": {beta: NDCG@10 of score - beta * log(1 + pop)}}.
+  """
+  # pylint: disable=g-import-not-at-top
+  from gensar_jax import metrics as metrics_lib
+  # pylint: enable=g-import-not-at-top
+
+  log_pop = np.log1p(np.asarray(popularity_RxC, np.float64))
+  scores = np.asarray(scores_RxC, np.float64)
+  a, b = _row_ranks(scores), _row_ranks(log_pop)
+  a -= a.mean(1, keepdims=True)
+  b -= b.mean(1, keepdims=True)
+  denom = np.sqrt((a * a).sum(1) * (b * b).sum(1))
+  rho = np.where(denom > 0, (a * b).sum(1) / np.where(denom > 0, denom, 1.0), 0.0)
+  ndcg = {}
+  for beta in betas:
+    ranks = metrics_lib.ranks_from_scores(scores - beta * log_pop, 0, 0)
+    ndcg[float(beta)] = float(metrics_lib.gains(ranks, "ndcg@10").mean())
+  return {"spearman": float(rho.mean()),
+          "positive_popularity_percentile": float((log_pop[:, 1:] < log_pop[:, :1]).mean()),
+          "ndcg@10": ndcg}
+
+
+def popularity(workdir: str | pathlib.Path) -> dict:
+  """`popularity_alignment` of a run's best checkpoint on its validation rows, per task
+  (popularity: how often an item is a recommendation training target)."""
+  # pylint: disable=g-import-not-at-top
+  from gensar_jax import ranking
+  from gensar_jax.data import dataset
+  # pylint: enable=g-import-not-at-top
+
+  workdir = pathlib.Path(workdir)
+  bundle, ranker = _ranker(workdir)
+  keep = int(bundle.config.train.eval_rows)
+  train_items = dataset.load_rows(workdir / "data", "recommendation", "train")["item"]
+  out = {}
+  for task in TASKS:
+    rows = dataset.load_rows(workdir / "data", task, "validation")
+    rows = {k: v[-keep:] for k, v in rows.items()} if keep > 0 else rows
+    cands = ranking.candidates_of(rows)
+    counts = np.bincount(train_items, minlength=int(cands.max()) + 1)
+    scores = ranker.score_candidates(bundle.params, task, ranker.builder.eval_sources(task, rows),
+                                     cands)
+    out[task] = popularity_alignment(scores, counts[np.maximum(cands, 0)])
+  return out
+
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "record: the run's workdir.")
 flags.DEFINE_string("name", None, "record: the run's name.")
@@ -249,9 +324,18 @@ flags.DEFINE_integer("rows", 0, "rescore: the first N test rows per task (0 = al
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) < 2 or argv[1] not in ("record", "table", "seeds", "rescore", "compare"):
-    raise app.UsageError(
-        "usage: python -m gensar_jax.experiments record|table|seeds|rescore|compare ...")
+  commands = ("record", "table", "seeds", "rescore", "compare", "popularity")
+  if len(argv) < 2 or argv[1] not in commands:
+    raise app.UsageError(f"usage: python -m gensar_jax.experiments {'|'.join(commands)} ...")
+  if argv[1] == "popularity":
+    if len(argv) != 3:
+      raise app.UsageError("popularity takes one workdir: RUN")
+    for task, t in popularity(argv[2]).items():
+      cells = ", ".join(f"{b:g}: {v:.4f}" for b, v in t["ndcg@10"].items())
+      print(f"{task}: Spearman(score, popularity) {t['spearman']:.3f}; positive more popular "
+            f"than {t['positive_popularity_percentile']:.1%} of its negatives; validation "
+            f"NDCG@10 of score - beta * log(1 + popularity), by beta: {cells}")
+    return
   if argv[1] == "compare":
     if len(argv) != 4:
       raise app.UsageError("compare takes two workdirs: RUN_A RUN_B")

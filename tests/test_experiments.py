@@ -56,3 +56,18 @@ def test_compare_is_a_paired_test_on_the_same_validation_rows(monkeypatch):
     t = got[task]
     np.testing.assert_allclose([t["a"], t["b"], t["mean_diff"]], [1.0, b_gain, 1.0 - b_gain])
     assert t["count"] == n and t["p"] < 1e-6
+
+
+def test_popularity_alignment_measures_how_far_scores_follow_popularity():
+  rng = np.random.default_rng(0)
+  pop = rng.integers(0, 1000, size=(30, 100))
+  pop[:, 0] = 0  # The positive is the least popular candidate of every row.
+  follows = experiments.popularity_alignment(np.log1p(pop), pop, betas=(0.0, 1.0, 2.0))
+  np.testing.assert_allclose(follows["spearman"], 1.0, atol=1e-3)
+  assert follows["positive_popularity_percentile"] == 0.0
+  # Scores that are exactly the prior rank the positive last; beta = 1 takes all of it
+  # out (every score ties, so ranks are random); beta = 2 inverts it (positive first).
+  ndcg = follows["ndcg@10"]
+  assert ndcg[0.0] < 0.01 < ndcg[1.0] < 0.3 < 0.95 < ndcg[2.0]  # (ties with other pop-0 items)
+  against = experiments.popularity_alignment(-np.log1p(pop), pop)
+  np.testing.assert_allclose(against["spearman"], -1.0, atol=1e-3)  # (ties break by position)
