@@ -191,7 +191,7 @@ def test_decode_step_matches_teacher_forcing(overrides):
 
   enc = model.apply(params, src, method=model.encode)
   cross = model.apply(params, enc, method=model.cross_kv)
-  assert cross.k.shape == (2, b, src.shape[1], 2, 5)  # [L, B, S, H, Dk], not tiled by W
+  assert cross.k.shape == (2, b, 2, src.shape[1], 5)  # [L, B, H, S, Dk], not tiled by W
   cache = model.apply(params, b, w, t + 2, method=model.init_cache)
   assert cache.k.shape == (2, b, w, t + 2, 2, 5)
 

@@ -96,8 +96,8 @@ class T5Config:
 class CrossKV(NamedTuple):
   """Cross-attention keys and values of every decoder layer, once per example."""
 
-  k: jax.Array  # [L, B, S, H, Dk]
-  v: jax.Array  # [L, B, S, H, Dk]
+  k: jax.Array  # [L, B, H, S, Dk]
+  v: jax.Array  # [L, B, H, S, Dk]
 
 
 class SelfCache(NamedTuple):
@@ -235,6 +235,11 @@ class FeedForward(nn.Module):
     return dense(c.d_model, c.d_ff, "wo")(h)
 
 
+def _heads_first(x_BxSxHxK: jax.Array) -> jax.Array:
+  """`[B, S, H, Dk]` -> `[B, H, S, Dk]`."""
+  return jnp.swapaxes(x_BxSxHxK, 1, 2)
+
+
 class Attention(nn.Module):
   """Multi-head attention projections (no biases, no 1/sqrt(d) scaling, as in T5)."""
 
@@ -277,14 +282,19 @@ class Attention(nn.Module):
   def __call__(
       self, xq_BxQxD: jax.Array, xkv_BxKxD: jax.Array, bias: jax.Array, deterministic: bool
   ) -> jax.Array:
-    """Full-sequence attention; `bias` broadcasts to `[B, H, Q, K]` (float32)."""
-    q_BxQxHxK = self.q(xq_BxQxD)
-    k_BxKxHxK, v_BxKxHxK = self.kv(xkv_BxKxD)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q_BxQxHxK, k_BxKxHxK,
+    """Full-sequence attention; `bias` broadcasts to `[B, H, Q, K]` (float32).
+
+    Heads are moved next to the batch axis before the two batched matmuls (XLA:CPU
+    runs `[B, H, ...]` operands much faster than heads in the middle).
+    """
+    q_BxHxQxK = _heads_first(self.q(xq_BxQxD))
+    k, v = self.kv(xkv_BxKxD)
+    k_BxHxKxK, v_BxHxKxK = _heads_first(k), _heads_first(v)
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q_BxHxQxK, k_BxHxKxK,
                         preferred_element_type=jnp.float32) + bias
     w_BxHxQxK = self.weights(logits, deterministic)
-    o_BxQxHxK = jnp.einsum("bhqk,bkhd->bqhd", w_BxHxQxK, v_BxKxHxK)
-    return self.merge(o_BxQxHxK)
+    o_BxHxQxK = jnp.einsum("bhqk,bhkd->bhqd", w_BxHxQxK, v_BxHxKxK)
+    return self.merge(jnp.swapaxes(o_BxHxQxK, 1, 2))
 
 
 class EncoderLayer(nn.Module):
@@ -330,11 +340,13 @@ class DecoderLayer(nn.Module):
     return x_BxTxD + self.drop(y, deterministic=deterministic)
 
   def cross_kv(self, enc_BxSxD):
-    """This layer's cross-attention keys and values `[B, S, H, Dk]`."""
-    return self.cross_attention.kv(enc_BxSxD)
+    """This layer's cross-attention keys and values `[B, H, S, Dk]` (heads first, as the
+    per-step matmuls want them)."""
+    k, v = self.cross_attention.kv(enc_BxSxD)
+    return _heads_first(k), _heads_first(v)
 
   def step(self, x_BxWxD, k_BxWxTxHxK, v_BxWxTxHxK, position, self_bias_HxT,
-           cross_k_BxSxHxK, cross_v_BxSxHxK, cross_bias_BxS):
+           cross_k_BxHxSxK, cross_v_BxHxSxK, cross_bias_BxS):
     """One token per beam; returns the new hidden state and the updated layer cache."""
     y = self.pre_self_attention_norm(x_BxWxD)
     q_BxWxHxK = self.self_attention.q(y)
@@ -353,11 +365,11 @@ class DecoderLayer(nn.Module):
     y = self.pre_cross_attention_norm(x_BxWxD)
     q_BxWxHxK = self.cross_attention.q(y)
     # Each example's keys/values serve all of its W beams: no tiling.
-    logits = jnp.einsum("bwhd,bshd->bwhs", q_BxWxHxK, cross_k_BxSxHxK,
+    logits = jnp.einsum("bwhd,bhsd->bwhs", q_BxWxHxK, cross_k_BxHxSxK,
                         preferred_element_type=jnp.float32)
     logits = logits + cross_bias_BxS[:, None, None, :]
     w = self.cross_attention.weights(logits, True)
-    o_BxWxHxK = jnp.einsum("bwhs,bshd->bwhd", w, cross_v_BxSxHxK)
+    o_BxWxHxK = jnp.einsum("bwhs,bhsd->bwhd", w, cross_v_BxHxSxK)
     x_BxWxD = x_BxWxD + self.cross_attention.merge(o_BxWxHxK)
 
     x_BxWxD = x_BxWxD + self.mlp(self.pre_mlp_norm(x_BxWxD), True)
@@ -489,7 +501,7 @@ class T5(nn.Module):
     return self.encoder(self._embed(src_ids_BxS), src_mask_BxS, deterministic)
 
   def cross_kv(self, enc_BxSxD) -> CrossKV:
-    """Cross-attention keys/values of every decoder layer, `[L, B, S, H, Dk]` each."""
+    """Cross-attention keys/values of every decoder layer, `[L, B, H, S, Dk]` each."""
     return self.decoder.cross_kv(enc_BxSxD.astype(self.config.compute_dtype))
 
   def init_cache(self, batch: int, beams: int, max_len: int) -> SelfCache:
@@ -508,7 +520,7 @@ class T5(nn.Module):
       position: int scalar (may be traced), the position of these tokens; the cache
         holds positions `< position`, and must have room for `position`.
       cache: SelfCache `[L, B, W, T, H, Dk]`.
-      cross: CrossKV `[L, B, S, H, Dk]` from `cross_kv`, shared by an example's beams.
+      cross: CrossKV `[L, B, H, S, Dk]` from `cross_kv`, shared by an example's beams.
       src_mask_BxS: bool, True at real (non-pad) source tokens.
     Returns:
       (hidden_BxWxD, new_cache): the decoder output after the final norm (and the tied
