@@ -146,7 +146,8 @@ def test_allowed_and_full_scores_have_the_documented_values():
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 64, 4096])
-def test_chunked_vocabulary_normaliser_equals_logsumexp(chunk):
+def test_chunked_vocabulary_normaliser_equals_logsumexp(chunk, monkeypatch):
+  monkeypatch.setattr(beam_search, "WHOLE_LOGITS_MAX", 0)  # Always chunk.
   # A vocabulary that is not a multiple of the chunk, logits large enough that a sum of
   # plain exponentials overflows float32: the running maximum must keep it finite.
   vocab = 61
@@ -165,6 +166,7 @@ def test_full_scores_do_not_depend_on_the_normaliser_chunk(monkeypatch):
   table = trie.build_batched(codes, np.arange(30)[None].repeat(2, 0), 5)
   want_items, want_scores = _run(table, [4, 9], tok, beam=12, score="full")
   monkeypatch.setattr(beam_search, "VOCAB_CHUNK", 3)  # Default arguments read it at call time.
+  monkeypatch.setattr(beam_search, "WHOLE_LOGITS_MAX", 0)
   items, scores = _run(table, [4, 9], tok, beam=12, score="full")
   np.testing.assert_array_equal(items, want_items)
   np.testing.assert_allclose(scores, want_scores, rtol=1e-6)

@@ -43,6 +43,8 @@ from gensar_jax import sharding
 SCORES = ("allowed", "full")
 _NEG = -1e30  # Stand-in for -inf inside a softmax (keeps fully masked rows NaN-free).
 VOCAB_CHUNK = 4096  # Vocabulary rows per step of the "full" scoring's normaliser.
+WHOLE_LOGITS_MAX = 2**22  # Below this many logits the normaliser takes them in one piece
+                          # (small batches: gathering the chunks' rows would cost more).
 
 
 class Decoder(Protocol):
@@ -100,12 +102,14 @@ def vocab_logsumexp(decoder, hidden_xD, chunk: int | None = None):
   running maximum and sum (an online logsumexp), so the `[..., V]` logits are never
   held at once. The same value as `logsumexp(project(hidden), -1)` up to float
   rounding, and faster on CPU at t5-small size (the chunk's logits stay in cache
-  between the matmul and the exponentials). `chunk` defaults to `VOCAB_CHUNK`.
+  between the matmul and the exponentials). `chunk` defaults to `VOCAB_CHUNK`; with at
+  most `WHOLE_LOGITS_MAX` logits in all they are taken in one piece.
   """
   chunk = chunk or VOCAB_CHUNK
   spec = jax.ShapeDtypeStruct(hidden_xD.shape, hidden_xD.dtype)
   vocab = jax.eval_shape(lambda h: decoder.project(h), spec).shape[-1]
-  if vocab <= chunk:
+  rows = int(np.prod(hidden_xD.shape[:-1]))
+  if vocab <= chunk or rows * vocab <= WHOLE_LOGITS_MAX:
     return jax.nn.logsumexp(decoder.project(hidden_xD).astype(jnp.float32), axis=-1)
 
   def body(carry, start):
