@@ -5,6 +5,7 @@ import pytest
 from gensar_jax import config_files
 from gensar_jax import errors
 from gensar_jax import main as main_lib
+from tests.conftest import load_config
 from tests.conftest import REPO
 
 DEMO = str(REPO / "configs" / "demo.py")
@@ -24,7 +25,7 @@ def _main(capsys, *args):
     ((f"--config={DEMO}", "--config.train.learning_rat=1"),
      "unknown config field 'train.learning_rat'; did you mean train.learning_rate?"),
     ((f"--config={DEMO}", "--config.train.steps=abc"),
-     "--config.train.steps=abc: expected int (like 400)"),
+     f"--config.train.steps=abc: expected int (like {load_config('demo').train.steps})"),
     ((f"--config={DEMO}", "--config.eval.compare=maybe"),
      "--config.eval.compare=maybe: expected bool (like True)"),
     (("--config=configs/nope.py",), "config file 'configs/nope.py' does not exist"),
