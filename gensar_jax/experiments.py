@@ -216,19 +216,22 @@ def rescore(workdir: str | pathlib.Path, score: str, rows: int = 0) -> dict:
 def validation_ranks(workdir: str | pathlib.Path) -> dict[str, np.ndarray]:
   """Per-row ranks (100 candidates, exact) of a run's best checkpoint on the validation
   rows its training selected on (the last `train.eval_rows` per task)."""
+  workdir = pathlib.Path(workdir)
+  bundle, ranker = _ranker(workdir)
+  return {task: ranker.row_ranks(bundle.params, task, _validation_rows(workdir, bundle, task),
+                                 ("sampled",), "exact")["sampled"]
+          for task in TASKS}
+
+
+def _validation_rows(workdir: pathlib.Path, bundle, task: str) -> dict[str, np.ndarray]:
+  """The validation rows a run's training selected on: the last `train.eval_rows`."""
   # pylint: disable=g-import-not-at-top
   from gensar_jax.data import dataset
   # pylint: enable=g-import-not-at-top
 
-  workdir = pathlib.Path(workdir)
-  bundle, ranker = _ranker(workdir)
+  rows = dataset.load_rows(workdir / "data", task, "validation")
   keep = int(bundle.config.train.eval_rows)
-  out = {}
-  for task in TASKS:
-    rows = dataset.load_rows(workdir / "data", task, "validation")
-    rows = {k: v[-keep:] for k, v in rows.items()} if keep > 0 else rows
-    out[task] = ranker.row_ranks(bundle.params, task, rows, ("sampled",), "exact")["sampled"]
-  return out
+  return {k: v[-keep:] for k, v in rows.items()} if keep > 0 else rows
 
 
 def compare(workdir_a: str | pathlib.Path, workdir_b: str | pathlib.Path) -> dict:
@@ -300,14 +303,12 @@ def popularity(workdir: str | pathlib.Path) -> dict:
 
   workdir = pathlib.Path(workdir)
   bundle, ranker = _ranker(workdir)
-  keep = int(bundle.config.train.eval_rows)
   train_items = dataset.load_rows(workdir / "data", "recommendation", "train")["item"]
+  counts = np.bincount(train_items, minlength=len(bundle.identifiers.item_ids))
   out = {}
   for task in TASKS:
-    rows = dataset.load_rows(workdir / "data", task, "validation")
-    rows = {k: v[-keep:] for k, v in rows.items()} if keep > 0 else rows
+    rows = _validation_rows(workdir, bundle, task)
     cands = ranking.candidates_of(rows)
-    counts = np.bincount(train_items, minlength=int(cands.max()) + 1)
     scores = ranker.score_candidates(bundle.params, task, ranker.builder.eval_sources(task, rows),
                                      cands)
     out[task] = popularity_alignment(scores, counts[np.maximum(cands, 0)])
