@@ -175,7 +175,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   r.batch_size = 8192 if paper else 64  # Global examples per optimizer step.
   r.grad_accum_steps = 32 if paper else 1  # Micro-batches per optimizer step.
   r.epochs = 200.0 if paper else 4.0  # Passes over the task mixture (a fraction ends partway; sets the schedule).
-  r.steps = 0 if paper else 1000  # Optimizer steps of the run, overriding epochs (0 = from epochs): equal compute on any dataset.
+  r.steps = 0 if paper else 2000  # Optimizer steps of the run, overriding epochs (0 = from epochs): equal compute on any dataset (cpu: study run G).
   r.grad_clip = 1.0  # Global gradient-norm clip.
   r.log_every_steps = 50  # Console/TensorBoard logging interval.
   r.checkpoint_every_steps = 1000 if paper else 200  # Orbax save interval.

@@ -23,7 +23,7 @@ def _config(**train):
   c.train.batch_size = 16
   c.train.grad_accum_steps = 1
   c.train.epochs = 2
-  c.train.steps = 0  # The schedule follows epochs (the cpu preset fixes 1,000 steps).
+  c.train.steps = 0  # The schedule follows epochs (the cpu preset fixes its steps).
   c.train.learning_rate = 3e-3
   c.train.warmup_frac = 0.1
   c.train.log_every_steps = 1
