@@ -137,6 +137,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   gt.epochs = 20 if paper else 15  # Passes over the distinct training pairs.
   gt.steps = 0  # Optimizer steps of the run, overriding epochs (0 = from epochs).
   gt.grad_clip = 1.0  # Global gradient-norm clip.
+  gt.label_smoothing = 0.0  # Target weight spread uniformly over the vocabulary (0 = none).
   gt.log_every_steps = 50  # Console/TensorBoard logging interval.
   gt.checkpoint_every_steps = 500  # Orbax save interval (resumable like the main model).
   gt.max_to_keep = 1  # Periodic checkpoints kept.
@@ -177,6 +178,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   r.epochs = 200.0 if paper else 4.0  # Passes over the task mixture (a fraction ends partway; sets the schedule).
   r.steps = 0 if paper else 2000  # Optimizer steps of the run, overriding epochs (0 = from epochs): equal compute on any dataset (cpu: study run G).
   r.grad_clip = 1.0  # Global gradient-norm clip.
+  r.label_smoothing = 0.0  # Target weight spread uniformly over the vocabulary (0 = none, the paper's).
   r.log_every_steps = 50  # Console/TensorBoard logging interval.
   r.checkpoint_every_steps = 1000 if paper else 200  # Orbax save interval.
   r.eval_every_epochs = 1  # Validation (NDCG@5 per task) interval.

@@ -230,3 +230,24 @@ def test_host_runs_at_most_max_in_flight_steps_ahead(tmp_path, monkeypatch):
 def test_shift_right():
   np.testing.assert_array_equal(step_lib.shift_right(jax.numpy.array([[5, 6, 1, 0]]), 0),
                                 [[0, 5, 6, 1]])
+
+
+def test_label_smoothing_is_the_smoothed_cross_entropy_and_off_by_default():
+  model, params = _model(dropout=0.0)
+  src = jax.numpy.array([[3, 4, 2, 1], [5, 6, 1, 0]], jax.numpy.int32)
+  tgt = jax.numpy.array([[12, 31, 1], [14, 1, 0]], jax.numpy.int32)
+  logits = model.apply(params, src, step_lib.shift_right(tgt, model.config.decoder_start_id),
+                       deterministic=True)
+  logp_BxTxV = np.asarray(jax.nn.log_softmax(logits.astype(np.float32)))
+  picked_BxT = np.take_along_axis(logp_BxTxV, np.asarray(tgt)[..., None], -1)[..., 0]
+  mask_BxT = np.asarray(tgt) != 0
+  eps = 0.2
+  # Smoothed target: (1 - eps) on the token plus eps / V on every token.
+  want = np.sum(((1 - eps) * -picked_BxT - eps * logp_BxTxV.mean(-1)) * mask_BxT)
+  plain, ntok = step_lib.nll_sum(model, params, src, tgt)
+  smoothed, ntok_s = step_lib.nll_sum(model, params, src, tgt, label_smoothing=eps)
+  assert float(ntok) == float(ntok_s) == 5.0
+  np.testing.assert_allclose(float(plain), -np.sum(picked_BxT * mask_BxT), rtol=1e-5)
+  np.testing.assert_allclose(float(smoothed), want, rtol=1e-5)
+  assert abs(float(smoothed) - float(plain)) > 1e-3
+  assert load_config("amazon", "preset=cpu").train.label_smoothing == 0.0

@@ -170,9 +170,9 @@ def train(
 
   Args:
     section: the trainer's config section (`config.train` or `config.doc2query.train`:
-      learning_rate, warmup_frac, weight_decay, grad_clip, batch_size, grad_accum_steps,
-      epochs, steps, max_steps, max_minutes, log_every_steps, checkpoint_every_steps,
-      max_to_keep, and eval_every_epochs when `validate` is given).
+      learning_rate, warmup_frac, weight_decay, grad_clip, label_smoothing, batch_size,
+      grad_accum_steps, epochs, steps, max_steps, max_minutes, log_every_steps,
+      checkpoint_every_steps, max_to_keep, and eval_every_epochs when `validate` is given).
     train_dir: where checkpoints, `metrics.jsonl` and `tb/` go.
     model: a `T5` module.
     init_params: its initial variables `{"params": ...}` (ignored when resuming).
@@ -224,7 +224,8 @@ def train(
   replicated = sharding.replicated(mesh)
   batch_sh = {k: sharding.batch_sharding(mesh, 1, 3) for k in ("src", "tgt")}
   step_fn = step_lib.jit_train_step(
-      step_lib.make_train_step(model, tx, schedule, dropout=model.config.dropout_rate > 0),
+      step_lib.make_train_step(model, tx, schedule, dropout=model.config.dropout_rate > 0,
+                               label_smoothing=float(tc.label_smoothing)),
       state_sh, batch_sh, replicated)
   rng = jax.device_put(jax.random.key(seed + 1), replicated)
 

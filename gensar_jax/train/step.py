@@ -69,7 +69,8 @@ def shift_right(tgt_BxT: jax.Array, start_id: int) -> jax.Array:
   return jnp.concatenate([start, tgt_BxT[:, :-1]], axis=1)
 
 
-def nll_sum(model, params, src_BxS, tgt_BxT, *, rng=None) -> tuple[jax.Array, jax.Array]:
+def nll_sum(model, params, src_BxS, tgt_BxT, *, rng=None,
+            label_smoothing: float = 0.0) -> tuple[jax.Array, jax.Array]:
   """Summed target-token NLL and the number of target tokens (padding excluded).
 
   Args:
@@ -77,29 +78,41 @@ def nll_sum(model, params, src_BxS, tgt_BxT, *, rng=None) -> tuple[jax.Array, ja
     params: its variables.
     src_BxS, tgt_BxT: token ids, 0 = padding.
     rng: dropout key; None runs deterministically.
+    label_smoothing: weight moved from the target token to a uniform distribution over
+      the vocabulary (0 = plain NLL); the sum is then the smoothed cross-entropy.
   """
   cfg = model.config
   tgt_in = shift_right(tgt_BxT, cfg.decoder_start_id)
   kwargs = {} if rng is None else {"rngs": {"dropout": rng}}
   logits_BxTxV = model.apply(params, src_BxS, tgt_in, deterministic=rng is None, **kwargs)
   mask_BxT = (tgt_BxT != cfg.pad_id).astype(jnp.float32)
-  nll_BxT = optax.softmax_cross_entropy_with_integer_labels(
-      logits_BxTxV.astype(jnp.float32), tgt_BxT
-  )
+  if label_smoothing > 0:
+    labels_BxTxV = optax.smooth_labels(
+        jax.nn.one_hot(tgt_BxT, logits_BxTxV.shape[-1]), label_smoothing)
+    nll_BxT = optax.softmax_cross_entropy(logits_BxTxV.astype(jnp.float32), labels_BxTxV)
+  else:
+    nll_BxT = optax.softmax_cross_entropy_with_integer_labels(
+        logits_BxTxV.astype(jnp.float32), tgt_BxT
+    )
   return jnp.sum(nll_BxT * mask_BxT), jnp.sum(mask_BxT)
 
 
 def make_train_step(
-    model, tx: optax.GradientTransformation, schedule: optax.Schedule, *, dropout: bool = True
+    model, tx: optax.GradientTransformation, schedule: optax.Schedule, *, dropout: bool = True,
+    label_smoothing: float = 0.0,
 ) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
-  """The un-jitted step `(state, batch, rng) -> (state, metrics)`; see `jit_train_step`."""
+  """The un-jitted step `(state, batch, rng) -> (state, metrics)`; see `jit_train_step`.
+
+  Its "loss" is the (label-smoothed, when `label_smoothing` > 0) cross-entropy per token.
+  """
 
   def step_fn(state: TrainState, batch: dict, rng: jax.Array):
     src_AxBxS, tgt_AxBxT = batch["src"], batch["tgt"]
     step_rng = jax.random.fold_in(rng, state.step)
 
     def loss_fn(params, src, tgt, r):
-      return nll_sum(model, params, src, tgt, rng=r if dropout else None)
+      return nll_sum(model, params, src, tgt, rng=r if dropout else None,
+                     label_smoothing=label_smoothing)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
