@@ -41,6 +41,11 @@ training popularity, how popular the positive is among its candidates, and the
 NDCG@10 of the scores with the popularity prior partly taken out (a diagnostic, never
 a reported result).
 
+How a recipe's test ranking grows with its training steps (runs that differ only in
+`train.steps`), and where the log-linear trend would reach the best baseline:
+
+  python -m gensar_jax.experiments trend [--png=trend.png] RECORD.json ...
+
 `record` keeps the run's command and note, its training figures (steps, minutes, examples/s, fraction of wall time in the step loop), its
 validation curve (`train/curve.json`) and, if evaluated, its test NDCG@10 per task with
 standard errors and the paired test against the best baseline. `table` prints one
@@ -58,6 +63,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from gensar_jax import compute_trend
 from gensar_jax.evaluation import outputs as eval_outputs
 from gensar_jax.train import curve as curve_lib
 
@@ -322,12 +328,21 @@ flags.DEFINE_string("note", "", "record: one sentence on what the run shows.")
 flags.DEFINE_string("out", None, "record: where the JSON goes.")
 flags.DEFINE_enum("score", "full", ("full", "allowed"), "rescore: the scoring.")
 flags.DEFINE_integer("rows", 0, "rescore: the first N test rows per task (0 = all).")
+flags.DEFINE_string("png", None, "trend: where the plot goes (none when unset).")
 
 
 def main(argv: Sequence[str]) -> None:
-  commands = ("record", "table", "seeds", "rescore", "compare", "popularity")
+  commands = ("record", "table", "seeds", "rescore", "compare", "popularity", "trend")
   if len(argv) < 2 or argv[1] not in commands:
     raise app.UsageError(f"usage: python -m gensar_jax.experiments {'|'.join(commands)} ...")
+  if argv[1] == "trend":
+    if len(argv) < 4:
+      raise app.UsageError("trend takes two or more records: RECORD.json RECORD.json ...")
+    trend = compute_trend.summary([json.loads(pathlib.Path(p).read_text()) for p in argv[2:]])
+    print(compute_trend.text(trend))
+    if FLAGS.png:
+      compute_trend.plot(trend, pathlib.Path(FLAGS.png))
+    return
   if argv[1] == "popularity":
     if len(argv) != 3:
       raise app.UsageError("popularity takes one workdir: RUN")
