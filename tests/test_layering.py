@@ -4,7 +4,7 @@ From the bottom up; a module imports only modules of its own layer or below, and
 module imports another stage package's `stage.py`:
   0 ground floor   errors, atomic, file_digests, context (what a stage's `run` gets),
                    sharding, padding, metrics, tokens, task_kinds (the one task ↔
-                   identifier kind ↔ behaviour-token table), prompts
+                   identifier kind ↔ behaviour-token table), prompts, compute_trend
   1 shared models  model/, decoding/, ranking (the generative ranker of validation,
                    eval and inference)
   2 stage libraries  every module of a stage package but its stage.py (data/, embed/,
@@ -24,7 +24,7 @@ from tests.conftest import REPO
 
 PACKAGE = REPO / "gensar_jax"
 GROUND = {"__init__", "errors", "atomic", "file_digests", "context", "sharding", "padding",
-          "metrics", "tokens", "task_kinds", "prompts"}
+          "metrics", "tokens", "task_kinds", "prompts", "compute_trend"}
 SHARED = {"model", "decoding", "ranking"}
 STAGE_PACKAGES = {"data", "embed", "identifiers", "doc2query", "train", "evaluation",
                   "report", "inference"}
