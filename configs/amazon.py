@@ -179,6 +179,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   r.steps = 0 if paper else 2000  # Optimizer steps of the run, overriding epochs (0 = from epochs): equal compute on any dataset (cpu: study run G).
   r.grad_clip = 1.0  # Global gradient-norm clip.
   r.label_smoothing = 0.0  # Target weight spread uniformly over the vocabulary (0 = none, the paper's).
+  r.seed = 0  # Seed of the training alone (init, sampling, batch order; 0 = the master seed): repeats on the same data and identifiers.
   r.log_every_steps = 50  # Console/TensorBoard logging interval.
   r.checkpoint_every_steps = 1000 if paper else 200  # Orbax save interval.
   r.eval_every_epochs = 1  # Validation (NDCG@5 per task) interval.

@@ -251,3 +251,16 @@ def test_label_smoothing_is_the_smoothed_cross_entropy_and_off_by_default():
   np.testing.assert_allclose(float(smoothed), want, rtol=1e-5)
   assert abs(float(smoothed) - float(plain)) > 1e-3
   assert load_config("amazon", "preset=cpu").train.label_smoothing == 0.0
+
+
+def test_train_seed_defaults_to_the_master_seed_and_can_vary_alone():
+  from gensar_jax.train import stage as train_stage  # pylint: disable=g-import-not-at-top
+
+  c = load_config("amazon", "preset=cpu")
+  assert c.train.seed == 0 and train_stage.train_seed(c) == c.seed == 42
+  c.train.seed = 7
+  assert train_stage.train_seed(c) == 7 and c.seed == 42  # Data and identifiers keep 42.
+  p7 = train_stage.make_model(c, VOCAB)[1]
+  c.train.seed = 0
+  p42 = train_stage.make_model(c, VOCAB)[1]
+  assert _max_abs_diff(p7, p42) > 0  # Another initialisation.

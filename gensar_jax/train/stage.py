@@ -126,6 +126,12 @@ def make_tokenizer(config, ctx, builder: tasks_lib.TaskBuilder,
   return tok
 
 
+def train_seed(config) -> int:
+  """The training's seed (initialisation, example sampling, batch order, dropout):
+  `config.train.seed`, or the master `config.seed` when that is 0."""
+  return int(config.train.seed) or int(config.seed)
+
+
 def make_model(config, vocab_size: int):
   """(T5 module, initial variables): from scratch, or from a local HF T5 checkpoint."""
   if config.model.init_checkpoint_dir:
@@ -134,7 +140,7 @@ def make_model(config, vocab_size: int):
     try:
       t5_config, params = hf_import.load(
           config.model.init_checkpoint_dir, vocab_size=vocab_size,
-          seed=int(config.seed) + _SEED_SALT, dtype=config.model.dtype,
+          seed=train_seed(config) + _SEED_SALT, dtype=config.model.dtype,
           dropout_rate=float(config.model.dropout_rate))
     except (OSError, KeyError, ValueError) as e:
       raise errors.PipelineError(
@@ -143,7 +149,7 @@ def make_model(config, vocab_size: int):
                  config.model.init_checkpoint_dir)
   else:
     t5_config = t5_lib.T5Config.from_config(config.model, vocab_size)
-    params = t5_lib.init_params(t5_config, jax.random.key(int(config.seed) + _SEED_SALT))
+    params = t5_lib.init_params(t5_config, jax.random.key(train_seed(config) + _SEED_SALT))
   return t5_lib.T5(t5_config), params
 
 
@@ -154,7 +160,7 @@ def init_code_embeddings(config, params, tokenizer: tok_lib.Tokenizer, ids_dir):
   codebooks = code_init.quantizer_codebooks(id_build.load_flat_params(ids_dir))
   emb = params["params"]["shared"]["embedding"]
   new = code_init.apply(np.asarray(emb), codebooks, tokenizer.level_offsets,
-                        int(config.seed) + _SEED_SALT)
+                        train_seed(config) + _SEED_SALT)
   params = jax.tree.map(lambda x: x, params)  # a new tree; the leaves are shared
   params["params"]["shared"]["embedding"] = jax.numpy.asarray(new)
   return params
@@ -184,7 +190,7 @@ def run(config, ctx: context.StageContext) -> dict:
   tc = config.tasks
 
   def make_epoch(epoch: int):
-    examples = builder.epoch_examples(train_rows, int(config.seed), epoch)
+    examples = builder.epoch_examples(train_rows, train_seed(config), epoch)
     src, _ = tokenizer.encode_prompts([e.source for e in examples], tc.max_source_len)
     tgt = tokenizer.encode_batch([e.target for e in examples], tc.max_target_len)
     return ([np.asarray(s, np.int32) for s in src], [np.asarray(t, np.int32) for t in tgt])
@@ -215,7 +221,7 @@ def run(config, ctx: context.StageContext) -> dict:
     return out
 
   result = loop.train(config.train, ctx.dir, model=model, init_params=params,
-                      make_epoch=make_epoch, seed=config.seed, mesh=mesh,
+                      make_epoch=make_epoch, seed=train_seed(config), mesh=mesh,
                       shard_params=bool(config.mesh.shard_params),
                       validate=validate_fn if config.train.eval_rows != 0 else None)
   summary = result.summary()
