@@ -17,8 +17,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-TASKS = ("recommendation", "search")
-
 
 def fit(steps: Sequence[float], values: Sequence[float]) -> tuple[float, float, float]:
   """Least-squares `value = a + b * log2(steps)`; returns (a, b, standard error of b).
@@ -69,10 +67,10 @@ def points(records: Sequence[Mapping], task: str) -> list[dict]:
   return out
 
 
-def summary(records: Sequence[Mapping]) -> dict:
+def summary(records: Sequence[Mapping], tasks: Sequence[str]) -> dict:
   """{task: {"points", "a", "b", "b_se", "target", "target_name", "steps_to_target"}}."""
   out = {}
-  for task in TASKS:
+  for task in tasks:
     pts = points(records, task)
     a, b, b_se = fit([p["steps"] for p in pts], [p["test"] for p in pts])
     targets = [(p["baseline_ndcg@10"], p["baseline"]) for p in pts if p["baseline"]]
@@ -89,8 +87,9 @@ def text(trend: Mapping) -> str:
   for task, t in trend.items():
     lines.append(f"{task}:")
     for p in t["points"]:
+      val = "–" if p["validation"] is None else f"{p['validation']:.4f}"
       lines.append(f"  {p['name']}: {p['steps']} steps, test NDCG@10 {p['test']:.4f} ± "
-                   f"{p['test_se']:.4f} (validation {p['validation'] or float('nan'):.4f})")
+                   f"{p['test_se']:.4f} (validation {val})")
     se = "" if math.isnan(t["b_se"]) else f" ± {t['b_se']:.4f}"
     lines.append(f"  fit: {t['a']:.4f} + {t['b']:.4f}{se} per doubling of steps")
     if t["target"] is not None:

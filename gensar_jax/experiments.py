@@ -338,7 +338,8 @@ def main(argv: Sequence[str]) -> None:
   if argv[1] == "trend":
     if len(argv) < 4:
       raise app.UsageError("trend takes two or more records: RECORD.json RECORD.json ...")
-    trend = compute_trend.summary([json.loads(pathlib.Path(p).read_text()) for p in argv[2:]])
+    trend = compute_trend.summary([json.loads(pathlib.Path(p).read_text()) for p in argv[2:]],
+                                  TASKS)
     print(compute_trend.text(trend))
     if FLAGS.png:
       compute_trend.plot(trend, pathlib.Path(FLAGS.png))

@@ -7,6 +7,8 @@ import pytest
 
 from gensar_jax import compute_trend
 
+TASKS = ("recommendation", "search")
+
 
 def _record(name, steps, rec, search):
   base = {"sasrec": {"recommendation": {"sampled": {"ndcg@10": 0.25}}},
@@ -51,7 +53,7 @@ def test_a_flat_or_falling_trend_never_crosses():
 
 def test_summary_targets_the_best_real_baseline_on_each_task():
   records = [_record("r500", 500, 0.06, 0.15), _record("r2000", 2000, 0.10, 0.19)]
-  trend = compute_trend.summary(records)
+  trend = compute_trend.summary(records, TASKS)
   rec, search = trend["recommendation"], trend["search"]
   assert (rec["target_name"], rec["target"]) == ("sasrec", 0.25)  # Popularity is no target.
   assert (search["target_name"], search["target"]) == ("dense", 0.16)
@@ -60,10 +62,13 @@ def test_summary_targets_the_best_real_baseline_on_each_task():
   assert [p["validation"] for p in rec["points"]] == pytest.approx([0.10, 0.14])
   text = compute_trend.text(trend)
   assert "+7.5 doublings" in text and "0.0200 per doubling" in text
+  del records[0]["best_validation"]
+  assert "r500: 500 steps, test NDCG@10 0.0600 ± 0.0100 (validation –)" in compute_trend.text(
+      compute_trend.summary(records, TASKS))
 
 
 def test_a_record_without_test_figures_is_refused():
   bad = _record("x", 500, 0.1, 0.1)
   del bad["test"]["search"]
   with pytest.raises(ValueError, match="no test figures for search"):
-    compute_trend.summary([bad, _record("y", 1000, 0.1, 0.1)])
+    compute_trend.summary([bad, _record("y", 1000, 0.1, 0.1)], TASKS)
