@@ -3,9 +3,10 @@
 Library modules raise their own narrow errors or these; `gensar_jax.main` turns them into
 one line on stderr and an exit code:
   0   done;
-  1   a `PipelineError` (bad config, bad input, missing upstream outputs) or a crash;
+  1   a `PipelineError` (bad config, bad input, missing upstream outputs, a diverged or
+      damaged model, a workdir in use) or a crash;
   2   a config file or override the user must fix (`config_files.ConfigError`);
-  75  `Preempted`: training stopped on SIGTERM/SIGINT after saving a checkpoint; run the
+  75  `Preempted`: stopped on SIGTERM/SIGINT (training after saving a checkpoint); run the
       same command again to resume (75 is EX_TEMPFAIL, "try again later": schedulers and
       launch scripts can requeue on it).
 """
@@ -19,4 +20,17 @@ class PipelineError(Exception):
 
 
 class Preempted(PipelineError):
-  """Training stopped on SIGTERM or SIGINT after saving a checkpoint; rerun to resume."""
+  """Stopped on SIGTERM or SIGINT (training after saving a checkpoint); rerun to resume."""
+
+
+class Diverged(PipelineError):
+  """Training produced a non-finite loss or gradient norm; the last good checkpoint stays."""
+
+
+class NonFiniteScores(PipelineError):
+  """A ranking was asked to rank NaN or +inf scores (a diverged or damaged model)."""
+
+
+class DamagedCheckpoint(PipelineError):
+  """A checkpoint's arrays do not match the digest written when it was saved, or cannot be
+  read at all."""

@@ -9,16 +9,43 @@ Every metric is a mean over rows and comes with its standard error over rows
 same rows are compared with a paired t-test on the per-row gains (`paired_test`), as
 the paper does (p < 0.05).
 
+Scores must be finite or -inf (an impossible candidate): NaN and +inf are refused with
+`errors.NonFiniteScores` (`check_scores`), since `others > NaN` is always false and would
+rank a NaN model's target first. Callers add which model and split in `scoring(...)`.
+
 On the ground floor: GenSAR's ranker, SASRec, the baselines and the report all use it.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
+
+from gensar_jax import errors
 
 KS = (1, 5, 10)  # HR cut-offs reported.
 NDCG_KS = (5, 10)  # NDCG cut-offs reported.
 METRIC_KEYS = tuple(f"hr@{k}" for k in KS) + tuple(f"ndcg@{k}" for k in NDCG_KS)
+
+
+def check_scores(scores: np.ndarray) -> None:
+  """Raises NonFiniteScores when any score is NaN or +inf (-inf marks an impossible one)."""
+  scores = np.asarray(scores)
+  bad = np.isnan(scores) | np.isposinf(scores)
+  if bad.any():
+    raise errors.NonFiniteScores(
+        f"{int(bad.sum())} of {scores.size} scores are NaN or +inf (a diverged or damaged "
+        "model); refusing to rank them")
+
+
+@contextlib.contextmanager
+def scoring(what: str):
+  """Prefixes a NonFiniteScores raised inside with `what` (the model and the split)."""
+  try:
+    yield
+  except errors.NonFiniteScores as e:
+    raise errors.NonFiniteScores(f"{what}: {e}") from None
 
 
 def ranks_from_lists(ranked_BxR: np.ndarray, target_B: np.ndarray) -> np.ndarray:
@@ -37,12 +64,15 @@ def ranks_from_lists(ranked_BxR: np.ndarray, target_B: np.ndarray) -> np.ndarray
 def ranks_from_scores(scores_BxC: np.ndarray, positive: int = 0, seed: int = 0) -> np.ndarray:
   """1-based rank of candidate `positive` by score, ties broken uniformly at random.
 
+  Raises NonFiniteScores on NaN or +inf scores.
+
   Args:
     scores_BxC: a score per candidate, higher is better.
     positive: column of the relevant candidate.
     seed: seed of the tie-breaking draw (fixed, so results are reproducible).
   """
   scores_BxC = np.asarray(scores_BxC, dtype=np.float64)
+  check_scores(scores_BxC)
   pos_B = scores_BxC[:, positive]
   others = np.delete(scores_BxC, positive, axis=1)
   greater_B = (others > pos_B[:, None]).sum(axis=1)
@@ -103,12 +133,15 @@ def paired_test(rank_a_B: np.ndarray, rank_b_B: np.ndarray, key: str = "ndcg@10"
 def ranks_of_targets(scores_BxN: np.ndarray, target_B: np.ndarray, seed: int = 0) -> np.ndarray:
   """1-based rank of each row's target column among all N columns (random tie-breaking).
 
+  Raises NonFiniteScores on NaN or +inf scores.
+
   Args:
     scores_BxN: a score per item, higher is better.
     target_B: the relevant column of each row.
     seed: seed of the tie-breaking draw.
   """
   scores_BxN = np.asarray(scores_BxN, dtype=np.float64)
+  check_scores(scores_BxN)
   target_B = np.asarray(target_B, dtype=np.int64)
   pos_B = scores_BxN[np.arange(len(target_B)), target_B]
   greater_B = (scores_BxN > pos_B[:, None]).sum(axis=1)

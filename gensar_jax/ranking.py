@@ -164,6 +164,9 @@ class GenerativeRanker:
 
     Returns:
       {mode: (items_RxW, scores_RxW)}: distinct items best first, -1 padded.
+
+    Raises:
+      NonFiniteScores: a returned item's score is NaN or +inf.
     """
     modes = [m for m in MODES if m in modes]
     if not modes:
@@ -192,9 +195,12 @@ class GenerativeRanker:
         out[m][0].append(items[real])
         out[m][1].append(scores[real])
     w = self.beam_size
-    return {m: (np.concatenate(v[0]) if v[0] else np.zeros((0, w), np.int32),
-                np.concatenate(v[1]) if v[1] else np.zeros((0, w), np.float32))
-            for m, v in out.items()}
+    got = {m: (np.concatenate(v[0]) if v[0] else np.zeros((0, w), np.int32),
+               np.concatenate(v[1]) if v[1] else np.zeros((0, w), np.float32))
+           for m, v in out.items()}
+    for items, scores in got.values():  # A NaN model's beams come back in arbitrary order.
+      metrics_lib.check_scores(np.where(items >= 0, scores, -np.inf))
+    return got
 
   def _batches(self, prompts: Sequence, fn, progress: str | None):
     """Runs `fn(row_indices, src_BxS on the mesh)` over fixed-size padded batches.
@@ -234,7 +240,9 @@ class GenerativeRanker:
                             self._put(c >= 0), self._put(tbl, shared=not allowed)))
 
     parts = [scores[real] for real, scores in self._batches(prompts, score, progress)]
-    return np.concatenate(parts) if parts else np.zeros((0, cands.shape[1]), np.float32)
+    out = np.concatenate(parts) if parts else np.zeros((0, cands.shape[1]), np.float32)
+    metrics_lib.check_scores(out)
+    return out
 
   def score_catalog(self, params: Any, task: str, prompts: Sequence, chunk: int = 512,
                     progress: str | None = None) -> np.ndarray:

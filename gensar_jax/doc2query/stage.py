@@ -99,7 +99,7 @@ def run(config, ctx: context.StageContext) -> dict:
   result = loop.train(g.train, ctx.dir / TRAIN_DIR, model=model, init_params=params,
                       make_epoch=lambda epoch: (src, tgt), seed=seed,
                       mesh=sharding.make_mesh(config.mesh.data_axis),
-                      shard_params=bool(config.mesh.shard_params))
+                      shard_params=bool(config.mesh.shard_params), name="doc2query.train")
   train_s = time.time() - start
   t0 = time.time()
   pseudo = d2q.generate_queries(model, result.params, tokenizer, texts, cfg=g, seed=seed)

@@ -434,10 +434,13 @@ def evaluate(model: SasrecModel, catalog: schema.Catalog, rows: Any, earlier_row
   target_B = _field(rows, "item").astype(np.int64)
   candidates_BxC = np.concatenate([target_B[:, None], _field(rows, "negatives").astype(np.int64)], axis=1)
   scores_BxN = score_all(model, histories)
-  sampled = metrics.ranks_from_scores(np.take_along_axis(scores_BxN, candidates_BxC, axis=1), 0, seed)
+  with metrics.scoring("SASRec (the embed stage's) on its evaluation rows"):
+    sampled = metrics.ranks_from_scores(
+        np.take_along_axis(scores_BxN, candidates_BxC, axis=1), 0, seed)
+    full = metrics.ranks_of_targets(scores_BxN, target_B, seed)
   return {
       "sampled": metrics.metrics_from_ranks(sampled),
-      "full": metrics.metrics_from_ranks(metrics.ranks_of_targets(scores_BxN, target_B, seed)),
+      "full": metrics.metrics_from_ranks(full),
       "history_fallbacks": int(fallbacks),
   }
 

@@ -37,8 +37,17 @@ _CHUNK = 512  # Rows scored at once (bounds the [R, N] score matrix).
 
 
 def score_rows(scorer: Scorer, rows: Mapping[str, np.ndarray], modes: Sequence[str],
-               seed: int) -> dict[str, np.ndarray]:
-  """1-based rank of each row's target under one scorer, per mode ("sampled", "full")."""
+               seed: int, name: str = "a baseline") -> dict[str, np.ndarray]:
+  """1-based rank of each row's target under one scorer, per mode ("sampled", "full").
+
+  Raises NonFiniteScores (naming the baseline `name`) on NaN or +inf scores.
+  """
+  with metrics_lib.scoring(f"baseline {name} on the test rows"):
+    return _score_rows(scorer, rows, modes, seed)
+
+
+def _score_rows(scorer: Scorer, rows: Mapping[str, np.ndarray], modes: Sequence[str],
+                seed: int) -> dict[str, np.ndarray]:
   n = len(rows["item"])
   ranks = {m: [] for m in modes}
   for lo in range(0, n, _CHUNK):
@@ -131,16 +140,18 @@ def evaluate_all(config, ctx: context.StageContext, catalog: schema.Catalog,
   rec, srch = test_rows["recommendation"], test_rows["search"]
   out: dict[str, dict] = {}
   pop = popularity_scorer(catalog)
-  out["popularity"] = {"recommendation": score_rows(pop, rec, modes, seed),
-                       "search": score_rows(pop, srch, modes, seed)}
+  out["popularity"] = {"recommendation": score_rows(pop, rec, modes, seed, "popularity"),
+                       "search": score_rows(pop, srch, modes, seed, "popularity")}
   earlier = dataset.load_rows(data_dir, "recommendation", "validation")
   out["sasrec"] = {"recommendation": score_rows(
-      sasrec_scorer(embed_dir, catalog, earlier), rec, modes, seed)}
+      sasrec_scorer(embed_dir, catalog, earlier), rec, modes, seed, "sasrec")}
   window = int(config.data.max_rec_his_len)
   out[f"sasrec_last{window}"] = {"recommendation": score_rows(
-      sasrec_scorer(embed_dir, catalog, earlier, window), rec, modes, seed)}
+      sasrec_scorer(embed_dir, catalog, earlier, window), rec, modes, seed,
+      f"sasrec_last{window}")}
   out["bm25"] = {"search": score_rows(query_scorer(bm25_query_scores(catalog)), srch, modes,
-                                      seed)}
+                                      seed, "bm25")}
   out["dense"] = {"search": score_rows(
-      query_scorer(dense_query_scores(config, embed_dir, catalog)), srch, modes, seed)}
+      query_scorer(dense_query_scores(config, embed_dir, catalog)), srch, modes, seed,
+      "dense")}
   return out

@@ -108,9 +108,11 @@ def run(config, ctx: context.StageContext) -> dict:
     rows = limit_rows(dataset.load_rows(data_dir, task, "test"), int(v.max_examples))
     test_rows[task] = rows
     t0 = time.time()
-    got = ranker.row_ranks(bundle.params, task, rows, modes, v.rank,
-                           exact_catalog=bool(v.exact_catalog), compare=bool(v.compare),
-                           progress=f"eval {task}")
+    with metrics_lib.scoring(f"GenSAR (checkpoint step {bundle.step} of {train_dir}) on "
+                             f"the test {task} rows"):
+      got = ranker.row_ranks(bundle.params, task, rows, modes, v.rank,
+                             exact_catalog=bool(v.exact_catalog), compare=bool(v.compare),
+                             progress=f"eval {task}")
     metrics[task] = {m: metrics_lib.metrics_from_ranks(r) for m, r in got.items()
                      if m != "agreement"}
     if "agreement" in got:

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from gensar_jax import metrics as metrics_lib
 from gensar_jax import ranking
 from gensar_jax import sharding
 from gensar_jax import tasks as tasks_lib
@@ -300,8 +301,10 @@ class GenSAR:
         cands = np.full((len(idx), width), -1, np.int64)
         for r, c in enumerate(lists):
           cands[r, :len(c)] = c
-      ranked = self.ranker.rank_prompts(self.bundle.params, task, [prompts[i] for i in idx],
-                                        cands, (mode,))[mode]
+      with metrics_lib.scoring(f"the model of checkpoint step {self.bundle.step} on "
+                               f"{task} requests"):
+        ranked = self.ranker.rank_prompts(self.bundle.params, task,
+                                          [prompts[i] for i in idx], cands, (mode,))[mode]
       for r, i in enumerate(idx):
         results[i] = [Hit(str(self.catalog.item_ids[it]), self.catalog.titles[it], float(s))
                       for it, s in zip(ranked[0][r][:k], ranked[1][r][:k]) if it >= 0]

@@ -10,7 +10,10 @@ Layout of the train stage directory (`<workdir>/train`):
   decoding.json         fingerprints of the tokenizer and identifier tables trained with;
                         restoring checks the files beside the checkpoint against them
 `meta` holds the epoch, the data iterator state, the RNG seed and the validation
-record, so a resumed run continues at step N+1 with the same next batch.
+record, so a resumed run continues at step N+1 with the same next batch, and the
+SHA-256 digest of every saved array (`tree_digest`), checked when the checkpoint is
+restored: flipped or truncated bytes are one `DamagedCheckpoint` error naming the
+checkpoint and what to do, never silently loaded weights.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import pathlib
 import shutil
 from typing import Any
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -45,6 +49,46 @@ def _abstract(tree: Any) -> Any:
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+def tree_digest(tree: Any) -> str | None:
+  """SHA-256 of every array of a pytree (paths, dtypes, shapes and bytes, in tree order).
+
+  None when some array is not fully addressable by this process (multi-host sharding):
+  such checkpoints are saved and restored without the check.
+  """
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  if any(isinstance(x, jax.Array) and not x.is_fully_addressable for _, x in leaves):
+    return None
+  h = hashlib.sha256()
+  for path, leaf in leaves:
+    arr = np.ascontiguousarray(jax.device_get(leaf))
+    h.update(f"{jax.tree_util.keystr(path)}|{arr.dtype}|{arr.shape}|".encode())
+    h.update(arr.tobytes())
+  return h.hexdigest()
+
+
+def _check_digest(recorded: str | None, tree: Any, where: pathlib.Path, advice: str) -> None:
+  """Raises DamagedCheckpoint when a restored tree's digest differs from the recorded one."""
+  if recorded is None:
+    return
+  got = tree_digest(tree)
+  if got is not None and got != recorded:
+    raise errors.DamagedCheckpoint(
+        f"checkpoint {where} is damaged (its arrays differ from the digest written when it "
+        f"was saved); {advice}")
+
+
+def _restore_or_fail(manager, step: int, args, where: pathlib.Path, advice: str):
+  """manager.restore, with any failure to read the files as one DamagedCheckpoint line."""
+  try:
+    return manager.restore(step, args=args)
+  except (KeyboardInterrupt, errors.PipelineError):
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # TensorStore/Orbax raise many kinds.
+    cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    raise errors.DamagedCheckpoint(
+        f"checkpoint {where} cannot be read ({type(e).__name__}: {cause}); {advice}") from None
+
+
 class Checkpointer:
   """Periodic and best-so-far checkpoints of one training run.
 
@@ -62,47 +106,120 @@ class Checkpointer:
     self.best = ocp.CheckpointManager(
         train_dir / BEST, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
     )
+    self.train_dir = train_dir
 
   def latest_step(self) -> int | None:
     """The step of the newest periodic checkpoint (None before the first save)."""
     return self.periodic.latest_step()
 
   def save(self, step: int, params: Any, opt_state: Any, meta: dict) -> None:
-    """A periodic checkpoint of the whole train state (asynchronous)."""
+    """A periodic checkpoint of the whole train state (asynchronous), with its digests.
+
+    Raises:
+      PipelineError: an earlier asynchronous save failed, or this one cannot start
+        (full disk, permissions): naming the folder and the cause.
+    """
     if step in self.periodic.all_steps():
       return
-    self.periodic.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params),
-        opt_state=ocp.args.StandardSave(opt_state),
-        meta=ocp.args.JsonSave(meta),
-    ))
+    meta = dict(meta, digest={"params": tree_digest(params),
+                              "opt_state": tree_digest(opt_state)})
+    with self._save_errors(self.periodic):
+      self.periodic.save(step, args=ocp.args.Composite(
+          params=ocp.args.StandardSave(params),
+          opt_state=ocp.args.StandardSave(opt_state),
+          meta=ocp.args.JsonSave(meta),
+      ))
 
   def save_best(self, step: int, params: Any, meta: dict) -> None:
-    """Replaces the best checkpoint with these parameters."""
+    """Replaces the best checkpoint with these parameters (and their digest)."""
     if step in self.best.all_steps():
       return
-    self.best.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta),
-    ))
+    meta = dict(meta, digest={"params": tree_digest(params)})
+    with self._save_errors(self.best):
+      self.best.save(step, args=ocp.args.Composite(
+          params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta),
+      ))
+
+  def check_for_errors(self) -> None:
+    """Raises PipelineError when an asynchronous save has failed (cheap; every step)."""
+    for manager in (self.periodic, self.best):
+      with self._save_errors(manager):
+        manager.check_for_errors()
+
+  def _save_errors(self, manager):
+    return _SaveErrors(pathlib.Path(manager.directory))
 
   def restore(self, step: int, params: Any, opt_state: Any) -> tuple[Any, Any, dict]:
-    """Restores a periodic checkpoint into the layout (shardings) of the given trees."""
-    r = self.periodic.restore(step, args=ocp.args.Composite(
+    """Restores a periodic checkpoint into the layout (shardings) of the given trees.
+
+    Raises:
+      DamagedCheckpoint: its files cannot be read or differ from their saved digests.
+    """
+    where = self.train_dir / PERIODIC / str(step)
+    older = [s for s in self.periodic.all_steps() if s < step]
+    advice = (f"delete {where} to resume from the previous checkpoint (step {max(older)})"
+              if older else f"delete {self.train_dir} to train again from the start")
+    r = _restore_or_fail(self.periodic, step, ocp.args.Composite(
         params=ocp.args.StandardRestore(_abstract(params)),
         opt_state=ocp.args.StandardRestore(_abstract(opt_state)),
         meta=ocp.args.JsonRestore(),
-    ))
-    return r.params, r.opt_state, dict(r.meta)
+    ), where, advice)
+    meta = dict(r.meta)
+    digest = meta.pop("digest", None) or {}
+    _check_digest(digest.get("params"), r.params, where, advice)
+    _check_digest(digest.get("opt_state"), r.opt_state, where, advice)
+    return r.params, r.opt_state, meta
 
   def wait(self) -> None:
-    """Blocks until pending asynchronous saves are written."""
-    self.periodic.wait_until_finished()
-    self.best.wait_until_finished()
+    """Blocks until pending asynchronous saves are written.
+
+    Raises:
+      PipelineError: one of them failed (naming the folder and the cause).
+    """
+    for manager in (self.periodic, self.best):
+      with self._save_errors(manager):
+        manager.wait_until_finished()
 
   def close(self) -> None:
-    self.wait()
-    self.periodic.close()
-    self.best.close()
+    """Waits for pending saves and releases the managers (also when a save failed).
+
+    Closing twice does nothing the second time.
+    """
+    if getattr(self, "_closed", False):
+      return
+    self._closed = True
+    try:
+      self.wait()
+    finally:
+      for manager in (self.periodic, self.best):
+        try:
+          manager.close()
+        except Exception:  # pylint: disable=broad-except  # Already reported by wait().
+          logging.warning("closing the checkpoint manager of %s failed", manager.directory)
+
+
+class _SaveErrors:
+  """Turns a failed checkpoint write (OSError and what Orbax wraps it in) into one line."""
+
+  def __init__(self, directory: pathlib.Path):
+    self.directory = directory
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, kind, value, tb):
+    if value is None or isinstance(value, (KeyboardInterrupt, errors.PipelineError)):
+      return False
+    cause = value
+    while cause.__cause__ is not None or cause.__context__ is not None:
+      if isinstance(cause, OSError):
+        break
+      cause = cause.__cause__ or cause.__context__
+    text = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
+    raise errors.PipelineError(
+        f"saving a checkpoint in {self.directory} failed ({type(cause).__name__}: {text}); "
+        "free space or fix the folder's permissions, then run the same command again to "
+        "resume from the last complete checkpoint") from None
 
 
 def write_decoding_files(
@@ -203,9 +320,18 @@ def load_for_decoding(train_dir, which: str = "best") -> DecodingBundle:
   if manager is None:
     raise errors.PipelineError(f"no checkpoint found under {train_dir}")
   step = manager.latest_step()
+  where = pathlib.Path(manager.directory) / str(step)
+  advice = (f"retrain (delete {train_dir} and run the train stage again), or restore "
+            "the checkpoint from a copy")
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   shapes = jax.eval_shape(lambda: t5_lib.init_params(t5_config, jax.random.key(0)))
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
-  restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
+  restored = _restore_or_fail(manager, step, ocp.args.Composite(
+      params=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()), where, advice)
   manager.close()
+  digest = dict(restored.meta or {}).get("digest") or {}
+  if not digest:
+    logging.warning("checkpoint %s has no digest (saved by an older version): not verified",
+                    where)
+  _check_digest(digest.get("params"), restored.params, where, advice)
   return DecodingBundle(restored.params, t5_config, tokenizer, identifiers, config, int(step))

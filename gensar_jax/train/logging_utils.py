@@ -20,6 +20,8 @@ from absl import logging
 import jax
 import numpy as np
 
+from gensar_jax.errors import PipelineError
+
 # Peak dense bf16 FLOP/s per device (chip), by a substring of `device_kind`.
 PEAK_FLOPS = (
     ("v6 lite", 918e12), ("v6e", 918e12),
@@ -93,7 +95,8 @@ class MetricLogger:
     """Records `scalars` for `step` under `kind` ("train" or "validation")."""
     if not self.enabled:
       return
-    clean = {k: float(v) for k, v in scalars.items() if v is not None and np.isfinite(float(v))}
+    # Non-finite values are kept (JSON NaN / Infinity): a diverged step must show.
+    clean = {k: float(v) for k, v in scalars.items() if v is not None}
     with self.path.open("a") as f:
       f.write(json.dumps({"step": int(step), "kind": kind, **clean}, sort_keys=True) + "\n")
     for k, v in clean.items():
@@ -109,24 +112,46 @@ class MetricLogger:
     """Removes the `metrics.jsonl` records of steps after `step` (they will be redone)."""
     if not self.enabled or not self.path.exists():
       return
-    kept = [line for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= step]
+    kept = [r for r in read_jsonl(self.path) if r["step"] <= step]
     tmp = self.path.with_name(self.path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
     tmp.replace(self.path)
 
   def close(self) -> None:
+    """Closes the TensorBoard writer (a second call does nothing)."""
     if self.writer is not None:
       self.writer.close()
+      self.writer = None
 
 
 def _fmt(v: float) -> str:
   return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
 
 
+def read_jsonl(path: pathlib.Path) -> list[dict]:
+  """The records of an appended JSONL log, surviving a kill mid-write.
+
+  A torn last line (a process killed while appending) is dropped, with a warning; an
+  unreadable line before the last is a PipelineError naming the file and line.
+  """
+  path = pathlib.Path(path)
+  lines = [(i, line) for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+  out = []
+  for n, (i, line) in enumerate(lines):
+    try:
+      out.append(json.loads(line))
+    except ValueError:
+      if n == len(lines) - 1:
+        logging.warning("%s: dropped its torn last line %d (a run killed mid-write)", path, i)
+        break
+      raise PipelineError(f"{path}, line {i}: not a JSON record; delete the line or the "
+                          "file") from None
+  return out
+
+
 def read_history(directory: pathlib.Path) -> list[dict]:
-  """Every record of a `metrics.jsonl` (empty when absent)."""
+  """Every record of a `metrics.jsonl` (empty when absent; a torn last line dropped)."""
   path = pathlib.Path(directory) / "metrics.jsonl"
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return read_jsonl(path)

@@ -16,6 +16,12 @@ resumes from the last complete checkpoint (Orbax writes each one to a temporary 
 renames it when complete); log records of steps after that checkpoint are dropped from
 `metrics.jsonl`, since they are redone. Every checkpoint carries the open logging window,
 so a resumed run logs the same losses as an uninterrupted one.
+
+Failures stop the run at once, each with one line: a non-finite loss or gradient norm
+(`errors.Diverged`, found at most `MAX_IN_FLIGHT` steps late and always before a
+checkpoint is written or validation runs, so every checkpoint on disk holds finite
+parameters), and a checkpoint save that fails (full disk, permissions), found within a
+step of the failure.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import numpy as np
 import tqdm
 
 from gensar_jax import sharding
+from gensar_jax.errors import Diverged
 from gensar_jax.errors import PipelineError
 from gensar_jax.errors import Preempted
 from gensar_jax.train import batches as batches_lib
@@ -164,7 +171,7 @@ class Window:
 def train(
     section, train_dir: pathlib.Path, *, model, init_params: Any, make_epoch: EpochFn,
     seed: int, mesh: jax.sharding.Mesh, shard_params: bool = False,
-    validate: ValidateFn | None = None,
+    validate: ValidateFn | None = None, name: str = "train",
 ) -> TrainResult:
   """Trains `model` from `init_params` (or the newest checkpoint in `train_dir`).
 
@@ -181,12 +188,16 @@ def train(
     mesh: the device mesh; batches are sharded over its first axis.
     shard_params: FSDP: shard large parameters over the data axis.
     validate: optional validation; its "score" selects the best checkpoint.
+    name: the section's dotted name in the config ("train", "doc2query.train"), for
+      error messages.
 
   Returns:
     A TrainResult, with the final parameters.
 
   Raises:
     Preempted: after SIGTERM/SIGINT, once a checkpoint is saved.
+    Diverged: a step's loss or gradient norm is not finite.
+    PipelineError: a checkpoint could not be saved.
   """
   tc = section
   train_dir = pathlib.Path(train_dir)
@@ -195,7 +206,7 @@ def train(
   micro = tc.batch_size // tc.grad_accum_steps
   if tc.batch_size % tc.grad_accum_steps or micro % n_dev:
     raise PipelineError(
-        f"train.batch_size ({tc.batch_size}) / grad_accum_steps ({tc.grad_accum_steps}) "
+        f"{name}.batch_size ({tc.batch_size}) / grad_accum_steps ({tc.grad_accum_steps}) "
         f"must be a whole multiple of the {n_dev} devices"
     )
   seed = int(seed)
@@ -209,7 +220,7 @@ def train(
   first = epoch_batches(0)
   steps_per_epoch = len(first)
   if steps_per_epoch == 0:
-    raise PipelineError(f"an epoch has fewer examples than train.batch_size ({tc.batch_size})")
+    raise PipelineError(f"an epoch has fewer examples than {name}.batch_size ({tc.batch_size})")
   # A fractional number of epochs ends (and its schedule decays) partway through the last;
   # `steps` fixes the optimizer steps instead (the same compute on any dataset).
   total_steps = int(tc.steps or 0) or max(1, int(round(steps_per_epoch * float(tc.epochs))))
@@ -246,7 +257,25 @@ def train(
   bar = tqdm.tqdm(total=total_steps, initial=step, disable=pidx != 0,
                   desc="train", unit="step", dynamic_ncols=True)
 
+  def diverged(bad_step: int, got: dict) -> Diverged:
+    """Logs the non-finite step and builds the error (after closing what is open)."""
+    log.write(bad_step, "train", {k: float(got[k]) for k in ("loss", "grad_norm")})
+    _close_quietly(ckpt, log, bar)
+    kept = ckpt.latest_step()
+    return Diverged(
+        f"training diverged at step {bad_step} (loss {float(got['loss']):.4g}, gradient "
+        f"norm {float(got['grad_norm']):.4g}); lower {name}.learning_rate (now "
+        f"{tc.learning_rate:g}) or {name}.grad_clip; "
+        + (f"the last good checkpoint (step {kept}) is kept in {train_dir}"
+           if kept is not None else "no checkpoint was written"))
+
+  def drain() -> None:
+    """Waits for every step in flight and checks it (before a save or validation)."""
+    while in_flight:
+      _check_finite(*in_flight.popleft(), diverged)
+
   def save(it_state, best: bool = False) -> None:
+    drain()
     prog.elapsed_s = time.time() - t_start
     meta = dataclasses.asdict(prog) | {
         "iterator": it_state, "window_losses": window.losses(), "seed": seed}
@@ -257,6 +286,7 @@ def train(
 
   def log_window() -> None:
     nonlocal window, step_s
+    drain()  # The host waits for the parameters below anyway.
     jax.block_until_ready(state.params)
     scalars, dt = window.scalars(prog.epoch, n_dev)
     if peak:
@@ -273,6 +303,7 @@ def train(
 
   def run_validation(position: float) -> bool:
     """Validates; returns whether these parameters are the best so far."""
+    drain()
     scores = validate(state.params, step)
     prog.last_validated = step
     scores.update(minutes=(time.time() - t_start) / 60.0, epoch=position)
@@ -284,7 +315,7 @@ def train(
     return True
 
   done = step >= stop_at or prog.budget_hit
-  with stop_signals() as stop:
+  with stop_signals() as stop, _closing_on_error(ckpt, log, bar):
     while not done and prog.epoch < num_epochs:
       eb = first if prog.epoch == 0 else epoch_batches(prog.epoch)
       it = eb.iterator(prog.iterator)
@@ -292,7 +323,8 @@ def train(
       for local in it:
         state, metrics = step_fn(state, sharding.global_batch(local, mesh, batch_dim=1), rng)
         step += 1
-        _bound_in_flight(in_flight, metrics)
+        _bound_in_flight(in_flight, step, metrics, diverged)
+        ckpt.check_for_errors()
         window.add(metrics, tc.batch_size, int((local["src"] != 0).sum()) * pcount,
                    int((local["tgt"] != 0).sum()) * pcount)
         bar.update(1)
@@ -312,9 +344,7 @@ def train(
         if step % tc.checkpoint_every_steps == 0 or at_end or validate_now or stop["signal"]:
           save(it.get_state())
         if stop["signal"]:
-          ckpt.close()
-          log.close()
-          bar.close()
+          _close_quietly(ckpt, log, bar)
           raise Preempted(f"stopped by {stop['signal']} at step {step}; checkpoint saved in "
                           f"{train_dir}; run the same command again to resume")
         if at_end:
@@ -322,9 +352,10 @@ def train(
           break
       else:
         prog.epoch += 1
-  bar.close()
-  if step > 0 and ckpt.latest_step() != step:
-    save(None)
+    bar.close()
+    if step > 0 and ckpt.latest_step() != step:
+      save(None)
+    drain()
   ckpt.close()
   log.close()
   return TrainResult(
@@ -355,8 +386,36 @@ def _initial_state(ckpt, init_params, tx, mesh, shard_params: bool):
   return state, resume_step, Progress.from_meta(meta), state_sh
 
 
-def _bound_in_flight(in_flight: collections.deque, metrics) -> None:
-  """Keeps at most MAX_IN_FLIGHT steps queued: the host waits for the oldest one."""
-  in_flight.append(metrics)
+def _bound_in_flight(in_flight: collections.deque, step: int, metrics, diverged) -> None:
+  """Keeps at most MAX_IN_FLIGHT steps queued: the host waits for the oldest one and
+  checks that its loss and gradient norm are finite (`_check_finite`)."""
+  in_flight.append((step, metrics))
   while len(in_flight) > MAX_IN_FLIGHT:
-    jax.block_until_ready(in_flight.popleft())
+    _check_finite(*in_flight.popleft(), diverged)
+
+
+def _check_finite(step: int, metrics, diverged) -> None:
+  """Raises `diverged(step, values)` when the step's loss or gradient norm is not finite."""
+  got = jax.device_get({k: metrics[k] for k in ("loss", "grad_norm")})
+  if not all(np.isfinite(float(v)) for v in got.values()):
+    raise diverged(step, got)
+
+
+def _close_quietly(ckpt, log, bar) -> None:
+  """Closes the checkpointer, logger and progress bar, reporting (not raising) failures."""
+  for thing in (ckpt, log, bar):
+    try:
+      thing.close()
+    except Exception as e:  # pylint: disable=broad-except  # An error is already on its way.
+      logging.warning("while stopping: %s", e)
+
+
+@contextlib.contextmanager
+def _closing_on_error(ckpt, log, bar):
+  """On any exception, closes the checkpointer (pending saves are finished or abandoned,
+  their threads joined), the logger and the bar before the exception propagates."""
+  try:
+    yield
+  except BaseException:
+    _close_quietly(ckpt, log, bar)
+    raise

@@ -23,6 +23,7 @@ import numpy as np
 
 from gensar_jax import context
 from gensar_jax import errors
+from gensar_jax import metrics as metrics_lib
 from gensar_jax import ranking
 from gensar_jax import sharding
 from gensar_jax import tasks as tasks_lib
@@ -211,8 +212,10 @@ def run(config, ctx: context.StageContext) -> dict:
     for task, rows in val_rows.items():
       if not len(rows["item"]):
         continue
-      m = ranker.evaluate(params, task, rows, modes=("sampled",), rank=config.eval.rank,
-                          progress=f"validate {task}")["sampled"]
+      with metrics_lib.scoring(f"GenSAR at training step {step} on the validation "
+                               f"{task} rows"):
+        m = ranker.evaluate(params, task, rows, modes=("sampled",), rank=config.eval.rank,
+                            progress=f"validate {task}")["sampled"]
       for key in ("ndcg@5", "ndcg@10", "hr@10"):
         out[f"{task}/{key}"], out[f"{task}/{key}_se"] = m[key], m[f"{key}_se"]
       ndcg.append(m["ndcg@5"])
