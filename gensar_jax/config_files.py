@@ -4,7 +4,8 @@ A config file is a Python file with `get_config(arg)` returning an `ml_collectio
 ConfigDict; on the command line it is named `PATH` or `PATH:ARG` (ARG is passed to
 `get_config`). Fields are overridden with `--config.section.field=value`; the value is
 parsed for the field's current type (bool, int, float, str, tuple), and an unknown field
-is refused with the closest known name. Every failure is a `ConfigError` whose message
+is refused with the closest known name, and a numeric value outside its range
+(`config_ranges`) is refused too. Every failure is a `ConfigError` whose message
 is one line that says what to fix.
 """
 
@@ -19,6 +20,8 @@ from types import ModuleType
 from typing import Any, Iterable
 
 import ml_collections
+
+from gensar_jax import config_ranges
 
 
 class ConfigError(ValueError):
@@ -194,6 +197,7 @@ def from_argv(spec: str | None, overrides: list[tuple[str, str]]) -> ml_collecti
   config = load(spec)
   for name, text in overrides:
     override(config, name, text)
+  config_ranges.check(config)
   config.lock()
   return config
 

@@ -47,7 +47,7 @@ class DigestCache:
     sha = _sha256(path)
     self.entries[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha}
     if save:
-      self._save()
+      self.save()
     return f"{st.st_size}:{sha}"
 
   def path(self, path: pathlib.Path) -> str:
@@ -60,10 +60,11 @@ class DigestCache:
     h = hashlib.sha256()
     for child in sorted(p for p in path.rglob("*") if p.is_file()):
       h.update(f"{child.relative_to(path)}={self.file(child, save=False)}\n".encode())
-    self._save()  # Once per folder, not once per file.
+    self.save()  # Once per folder, not once per file.
     return "dir:" + h.hexdigest()
 
-  def _save(self) -> None:
+  def save(self) -> None:
+    """Writes the cache file (when there is one)."""
     if self.cache_file is None:
       return
     self.cache_file.parent.mkdir(parents=True, exist_ok=True)

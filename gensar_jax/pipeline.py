@@ -15,9 +15,18 @@ stage module declares what it reads:
 
 A stage keeps its outputs under `<workdir>/<stage>/` and is skipped when its
 fingerprint (its config sections plus the fingerprints of the stages it reads) matches
-the one recorded when it last finished. A run that was cut off leaves a `started`
-fingerprint: the same config resumes into the same directory (the train stage
-continues from its last checkpoint), a different config starts the stage afresh.
+the one recorded when it last finished and its outputs still match the manifest written
+then (`gensar_jax.manifest`; a changed or missing file reruns the stage, and a damaged
+input of a selected stage is rebuilt first, the log saying which files). A run that was
+cut off leaves a `started` fingerprint: the same config resumes into the same directory
+(the train stage continues from its last checkpoint), a different config starts the
+stage afresh. A rerun moves the finished outputs aside to `<stage>.previous/` and deletes
+them only once the new ones are complete (a failed rerun leaves them there; a later run
+with their config puts them back).
+
+Guarantees around the runner: one run per workdir (`workdir_lock`), and SIGTERM/SIGINT in
+any stage ends the run with `errors.Preempted` naming the stage (exit 75); the same
+command then resumes or reruns it.
 """
 
 from __future__ import annotations
@@ -27,9 +36,12 @@ import functools
 import hashlib
 import importlib
 import json
+import contextlib
 import os
 import pathlib
 import shutil
+import signal
+import threading
 import time
 from typing import Any
 
@@ -37,6 +49,8 @@ from absl import logging
 import ml_collections
 
 from gensar_jax import file_digests
+from gensar_jax import manifest
+from gensar_jax import workdir_lock
 # Re-exported for callers of the runner (tests, scripts); stages import them from below.
 from gensar_jax.atomic import write_json_atomic
 from gensar_jax.atomic import write_text_atomic
@@ -45,6 +59,7 @@ from gensar_jax.context import read_summary
 from gensar_jax.context import StageContext
 from gensar_jax.context import SUMMARY
 from gensar_jax.errors import PipelineError
+from gensar_jax.errors import Preempted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,10 +260,17 @@ def _why(parts: dict[str, Any], record: pathlib.Path) -> str:
   return "; ".join(said) or "its earlier run did not finish"
 
 
+def _digests(workdir: pathlib.Path) -> file_digests.DigestCache:
+  return file_digests.DigestCache(workdir / DIGEST_CACHE)
+
+
 def check_inputs(config: ml_collections.ConfigDict, workdir: pathlib.Path,
-                 names: list[str]) -> None:
+                 names: list[str]) -> list[str]:
   """Before any work: the outputs of stages this run reads but does not run must exist
   (unless optional) and must have been made with this config and code version.
+
+  Returns:
+    Those of them whose outputs no longer match their manifest (to rerun first).
 
   Raises:
     PipelineError: naming the stage to add to `config.stages`.
@@ -269,6 +291,7 @@ def check_inputs(config: ml_collections.ConfigDict, workdir: pathlib.Path,
           raise PipelineError(
               f"stage '{name}' needs the outputs of stage '{dep}', which are not in "
               f"{workdir / dep}; add '{dep}' to --config.stages")
+  damaged = []
   for stage in STAGES:
     done = workdir / stage.name / _DONE
     if stage.name in closure and done.exists():
@@ -277,6 +300,12 @@ def check_inputs(config: ml_collections.ConfigDict, workdir: pathlib.Path,
             f"the outputs of stage '{stage.name}' in {workdir / stage.name} were made with "
             "another config or code version than this run's; add "
             f"'{stage.name}' to --config.stages to rebuild them")
+      what = manifest.changed(workdir / stage.name, _digests(workdir))
+      if what:
+        logging.warning("stage %s: its outputs changed since it finished (%s); rerunning it",
+                        stage.name, what)
+        damaged.append(stage.name)
+  return damaged
 
 
 def validate(config: ml_collections.ConfigDict, names: list[str]) -> None:
@@ -341,12 +370,22 @@ def run_stage(config: ml_collections.ConfigDict, workdir: pathlib.Path, name: st
   parts = fingerprint_parts(config, stage, workdir)
   fp = _hash(parts)
   done, started = ctx.dir / _DONE, ctx.dir / _STARTED
-  if stage.cached and done.exists() and done.read_text().strip() == fp:
-    logging.info("stage %s: up to date (%s), skipped", name, fp)
-    return read_summary(workdir, name)
+  previous = ctx.dir.with_name(name + PREVIOUS_SUFFIX)
+  lead = _process_index(config) == 0
+  damaged = ""
+  if stage.cached and lead and _finished_as(previous, fp) and not _finished_as(ctx.dir, fp):
+    if ctx.dir.exists():  # A failed rerun with another config: its partial outputs go.
+      shutil.rmtree(ctx.dir)
+    os.replace(previous, ctx.dir)
+    logging.info("stage %s: put back its earlier outputs from %s", name, previous)
+  if stage.cached and _finished_as(ctx.dir, fp):
+    damaged = manifest.changed(ctx.dir, _digests(workdir)) if lead else ""
+    if not damaged:
+      logging.info("stage %s: up to date (%s), skipped", name, fp)
+      return read_summary(workdir, name)
   source = pathlib.Path(config.get("reuse_from", "") or workdir) / name
-  if stage.cached and source != ctx.dir and _process_index(config) == 0:
-    if (source / _DONE).exists() and (source / _DONE).read_text().strip() == fp:
+  if stage.cached and source != ctx.dir and lead and _finished_as(source, fp):
+    if not manifest.changed(source, _digests(workdir)):
       _link_tree(source, ctx.dir)
       logging.info("stage %s: reused from %s (%s)", name, source, fp)
       return read_summary(workdir, name)
@@ -360,12 +399,19 @@ def run_stage(config: ml_collections.ConfigDict, workdir: pathlib.Path, name: st
   same_attempt = started.exists() and started.read_text().strip() == fp
   if not stage.cached:
     why = "it runs every time"
+  elif damaged:
+    why = f"its outputs changed since it finished ({damaged})"
   elif same_attempt:
     why = "resuming its unfinished run"
   else:
     why = _why(parts, ctx.dir / _PARTS)
   if ctx.dir.exists() and not same_attempt and stage.cached:
-    shutil.rmtree(ctx.dir)
+    if done.exists() and not damaged:  # Good outputs: aside until the new ones are complete.
+      if previous.exists():
+        shutil.rmtree(previous)
+      os.replace(ctx.dir, previous)
+    else:
+      shutil.rmtree(ctx.dir)
   ctx.dir.mkdir(parents=True, exist_ok=True)
   done.unlink(missing_ok=True)
   write_json_atomic(ctx.dir / _PARTS, parts)
@@ -376,9 +422,48 @@ def run_stage(config: ml_collections.ConfigDict, workdir: pathlib.Path, name: st
   summary = dict(module.run(stage_config(config, stage), ctx) or {})
   summary["wall_s"] = round(time.time() - start, 2)
   write_json_atomic(ctx.dir / SUMMARY, summary)
+  if stage.cached:
+    manifest.write(ctx.dir, _digests(workdir))
   write_text_atomic(done, fp + "\n")
+  if previous.exists():
+    shutil.rmtree(previous)
   logging.info("stage %s: done in %.1f s", name, summary["wall_s"])
   return summary
+
+
+PREVIOUS_SUFFIX = ".previous"  # A stage's finished outputs while a rerun replaces them.
+
+
+def _finished_as(stage_dir: pathlib.Path, fp: str) -> bool:
+  """Whether `stage_dir` holds finished outputs with fingerprint `fp`."""
+  done = stage_dir / _DONE
+  return done.exists() and done.read_text().strip() == fp
+
+
+@contextlib.contextmanager
+def _preemptible(name: str):
+  """SIGTERM/SIGINT during a stage raise `Preempted` naming it (exit 75: rerun resumes).
+
+  The trainer installs its own handlers inside (save, then stop); its `Preempted` gets
+  the stage's name here too. Outside the main thread signals cannot be caught.
+  """
+  def handler(signum, frame):  # pylint: disable=unused-argument
+    raise Preempted(f"stopped by {signal.Signals(signum).name}")
+
+  installed = threading.current_thread() is threading.main_thread()
+  before = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)} if installed else {}
+  try:
+    yield
+  except Preempted as e:
+    raise Preempted(f"stage {name}: {e}; run the same command again to resume"
+                    if "run the same command again" not in str(e)
+                    else f"stage {name}: {e}") from None
+  except KeyboardInterrupt:
+    raise Preempted(f"stage {name}: stopped by SIGINT; run the same command again to "
+                    "resume") from None
+  finally:
+    for s, h in before.items():
+      signal.signal(s, h)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, dict]:
@@ -390,17 +475,30 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
   names = parse_stages(config.get("stages", "all"))
   validate(config, names)
   workdir = pathlib.Path(workdir)
-  check_inputs(config, workdir, names)
   workdir.mkdir(parents=True, exist_ok=True)
+  lock = workdir_lock.hold(workdir) if _process_index(config) == 0 else contextlib.nullcontext()
+  with lock:
+    return _run_locked(config, workdir, names)
+
+
+def _run_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+                names: list[str]) -> dict[str, dict]:
+  """`run`, once the workdir's lock is held."""
+  damaged = check_inputs(config, workdir, names)
+  names = [s.name for s in STAGES if s.name in set(names) | set(damaged)]
   before = {s.name: _done_text(workdir, s.name) for s in STAGES}
-  summaries = {name: run_stage(config, workdir, name) for name in names}
+  summaries = {}
+  for name in names:
+    with _preemptible(name):
+      summaries[name] = run_stage(config, workdir, name)
   rebuilt = {n for n in names if _done_text(workdir, n) != before[n]}
   for stage in STAGES:
     if (stage.refresh and stage.name not in names and before[stage.name] is not None
         and rebuilt & set(stage.inputs)):
       logging.info("stage %s: refreshing its earlier outputs (%s changed)", stage.name,
                    ", ".join(sorted(rebuilt & set(stage.inputs))))
-      summaries[stage.name] = run_stage(config, workdir, stage.name)
+      with _preemptible(stage.name):
+        summaries[stage.name] = run_stage(config, workdir, stage.name)
   return summaries
 
 

@@ -25,12 +25,12 @@ from typing import Any
 
 import jax
 import numpy as np
-import tqdm
 from jax.experimental import multihost_utils
 
 from gensar_jax import errors
 from gensar_jax import metrics as metrics_lib
 from gensar_jax import padding
+from gensar_jax import progress as progress_lib
 from gensar_jax import sharding
 from gensar_jax import task_kinds
 from gensar_jax.decoding import beam_search
@@ -210,8 +210,8 @@ class GenerativeRanker:
     """
     src = self.encode_prompts(prompts)
     n, b = len(src), self.batch_size
-    bar = tqdm.tqdm(total=n, desc=progress, unit="row", disable=progress is None
-                    or jax.process_index() != 0, leave=False, dynamic_ncols=True)
+    bar = progress_lib.bar(total=n, desc=progress, unit="row", show=progress is not None
+                           and jax.process_index() == 0, leave=False, dynamic_ncols=True)
     for lo in range(0, n, b):
       idx = np.arange(lo, lo + b)
       real = idx < n

@@ -27,3 +27,15 @@ def load_config(name: str, arg: str | None = None):
   from gensar_jax import config_files  # pylint: disable=g-import-not-at-top
 
   return config_files.load_module(CONFIGS / f"{name}.py").get_config(arg)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+  """Every stage on the tiny world of `test_end_to_end.tiny_config`, run once per session
+  (tests that change it work on a copy): (workdir, summaries)."""
+  from gensar_jax import pipeline  # pylint: disable=g-import-not-at-top
+  from tests.test_end_to_end import tiny_config  # pylint: disable=g-import-not-at-top
+
+  workdir = tmp_path_factory.mktemp("e2e")
+  summaries = pipeline.run(tiny_config(), workdir)
+  return workdir, summaries

@@ -141,7 +141,7 @@ def test_a_stage_cut_off_midway_is_never_taken_as_done(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "fake_crash", module)
   stage = pipeline.Stage("data", "fake_crash", (), ("data",))
   monkeypatch.setattr(pipeline, "_BY_NAME", {"data": stage})
-  with pytest.raises(KeyboardInterrupt):
+  with pytest.raises(pipeline.Preempted, match="stage data: stopped by SIGINT"):
     pipeline.run(_config(), tmp_path)
   assert not (tmp_path / "data" / ".done").exists()
   assert not (tmp_path / "data" / "summary.json").exists()

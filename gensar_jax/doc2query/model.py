@@ -16,9 +16,9 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 
 from gensar_jax import padding
+from gensar_jax import progress as progress_lib
 from gensar_jax.data import schema
 from gensar_jax.decoding import beam_search
 from gensar_jax.decoding import generate as generate_lib
@@ -98,8 +98,8 @@ def generate_queries(model, params, tokenizer, texts: Sequence[str], *, cfg, see
   length = padding.bucket_length(max((len(x) for x in src), default=1),
                                  padding.SOURCE_BUCKETS)
   key = jax.random.key(int(seed))
-  for n, lo in enumerate(tqdm.tqdm(range(0, len(todo), b), desc="doc2query generate",
-                                   disable=not progress, leave=False)):
+  for n, lo in enumerate(progress_lib.bar(range(0, len(todo), b), desc="doc2query generate",
+                                          show=progress, leave=False)):
     idx = list(range(lo, min(lo + b, len(todo))))
     rows = idx + [idx[-1]] * (b - len(idx))
     src_BxS = padding.pad_stack([np.asarray(src[r], np.int32) for r in rows], length)

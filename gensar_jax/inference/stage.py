@@ -38,11 +38,11 @@ import pathlib
 import time
 
 from absl import logging
-import tqdm
 
 from gensar_jax import atomic
 from gensar_jax import context
 from gensar_jax import errors
+from gensar_jax import progress as progress_lib
 from gensar_jax.data import dataset
 from gensar_jax.data import schema
 from gensar_jax.inference import api
@@ -198,8 +198,8 @@ def answer_requests(model: api.GenSAR, lines: list[str], default_k: int,
       valid[checked["task"]].append((n, checked))
     except api.RequestError as e:
       out[n] = _error(req, n, e)
-  bar = tqdm.tqdm(total=sum(len(v) for v in valid.values()), desc="infer", unit="req",
-                  disable=not progress, dynamic_ncols=True)
+  bar = progress_lib.bar(total=sum(len(v) for v in valid.values()), desc="infer", unit="req",
+                         show=progress, dynamic_ncols=True)
   for task, items in valid.items():
     for lo in range(0, len(items), _CHUNK):
       chunk = items[lo:lo + _CHUNK]

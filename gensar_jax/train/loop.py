@@ -40,8 +40,8 @@ from typing import Any
 from absl import logging
 import jax
 import numpy as np
-import tqdm
 
+from gensar_jax import progress as progress_lib
 from gensar_jax import sharding
 from gensar_jax.errors import Diverged
 from gensar_jax.errors import PipelineError
@@ -254,8 +254,8 @@ def train(
   rates: list[float] = []
   step_s = 0.0  # Wall time between logging points (steps; not validation), this session.
   t_session = time.time()
-  bar = tqdm.tqdm(total=total_steps, initial=step, disable=pidx != 0,
-                  desc="train", unit="step", dynamic_ncols=True)
+  bar = progress_lib.bar(total=total_steps, initial=step, show=pidx == 0,
+                         desc="train", unit="step", dynamic_ncols=True)
 
   def diverged(bad_step: int, got: dict) -> Diverged:
     """Logs the non-finite step and builds the error (after closing what is open)."""
