@@ -204,7 +204,7 @@ def test_saved_model_loads_with_the_same_scores(planted, tmp_path):
 def demo_run(tmp_path_factory):
   """The data and embed stages on the demo world, with a tiny text encoder and SASRec.
 
-  Records what SASRec was trained on.
+  Records what each SASRec (the main one, then the BCE baseline) was trained on.
   """
   root = tmp_path_factory.mktemp("embed_stage")
   folder = test_embed_encoder._write_folder(  # pylint: disable=protected-access
@@ -218,9 +218,9 @@ def demo_run(tmp_path_factory):
   seen = []
   real_train = sasrec.train
 
-  def spy(sequences, *args, **kwargs):
-    seen.append([np.array(s) for s in sequences])
-    return real_train(sequences, *args, **kwargs)
+  def spy(sequences, config, *args, **kwargs):
+    seen.append(([np.array(s) for s in sequences], config))
+    return real_train(sequences, config, *args, **kwargs)
 
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(sasrec, "train", spy)
@@ -266,10 +266,13 @@ def test_embed_stage_summary_records_shapes_and_timings_and_no_test_metrics(demo
 
 def test_sasrec_never_trains_on_validation_or_test_interactions(demo_run):
   catalog = dataset.load_catalog(demo_run["work"] / "data")
-  (seen,) = demo_run["seen"]
-  assert len(seen) == len(catalog.rec_train_sequences)
-  for a, b in zip(seen, catalog.rec_train_sequences):
-    np.testing.assert_array_equal(a, b)
+  (seen, main), (seen_bce, bce) = demo_run["seen"]
+  assert (main.loss, bce.loss) == ("softmax", "bce")
+  assert dataclasses.replace(bce, loss="softmax") == main  # Otherwise the same settings.
+  for sequences in (seen, seen_bce):
+    assert len(sequences) == len(catalog.rec_train_sequences)
+    for a, b in zip(sequences, catalog.rec_train_sequences):
+      np.testing.assert_array_equal(a, b)
   data_dir = demo_run["work"] / "data"
   val = dataset.load_rows(data_dir, "recommendation", "validation")
   test = dataset.load_rows(data_dir, "recommendation", "test")
@@ -291,3 +294,23 @@ def test_sasrec_never_trains_on_validation_or_test_interactions(demo_run):
   inputs, targets = sasrec.training_arrays(seen, demo_run["config"].embed.sasrec.max_len)
   assert int((targets > 0).sum()) == sum(max(len(s) - 1, 0) for s in seen)
   assert math.isfinite(demo_run["summaries"]["embed"]["sasrec"]["final_loss"])
+
+
+def test_the_bce_baseline_is_saved_beside_and_leaves_the_collaborative_table_alone(
+    demo_run, tmp_path):
+  from gensar_jax.embed import stage as embed_stage  # pylint: disable=g-import-not-at-top
+
+  out = demo_run["work"] / "embed"
+  assert embed_outputs.has_sasrec(out, "softmax") and embed_outputs.has_sasrec(out, "bce")
+  main, bce = embed_outputs.load_sasrec(out), embed_outputs.load_sasrec(out, "bce")
+  assert (main.config.loss, bce.config.loss) == ("softmax", "bce")
+  assert not np.array_equal(main.item_table(), bce.item_table())
+  assert demo_run["summaries"]["embed"]["sasrec_bce"]["loss"] == "bce"
+  # Without the baseline the stage writes a bit-identical collaborative table and no BCE model.
+  config = demo_run["config"].copy_and_resolve_references()
+  config.embed.sasrec.bce_baseline = False
+  catalog = dataset.load_catalog(demo_run["work"] / "data")
+  summary = embed_stage.compute(config, catalog, tmp_path)
+  np.testing.assert_array_equal(np.load(tmp_path / embed_outputs.COLLABORATIVE),
+                                np.load(out / embed_outputs.COLLABORATIVE))
+  assert not embed_outputs.has_sasrec(tmp_path, "bce") and "sasrec_bce" not in summary

@@ -5,11 +5,16 @@ Outputs in the stage directory (file names, save and load: `outputs.py`):
 Items with neither title nor description get the embedding of the empty string (the
 encoder's [CLS] [SEP] input); items with a title only are encoded from the title.
 SASRec trains on `catalog.rec_train_sequences` only; it is scored as a baseline by the
-eval stage (the one place its test metrics are computed).
+eval stage (the one place its test metrics are computed). With
+`embed.sasrec.bce_baseline` a second SASRec, the same settings and seed but the binary
+cross-entropy loss (how GenSAR's paper and most generative-recommendation papers train
+it), is trained after the first on the same sequences and saved beside it for the eval
+stage's `sasrec_bce` baseline; `collaborative.npy` stays the first one's item table.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import time
 from typing import Any
@@ -100,14 +105,26 @@ def compute(config: ml_collections.ConfigDict, catalog: schema.Catalog,
   sas_config = sasrec.SasrecConfig.from_config(config.embed.sasrec.to_dict(), catalog.num_items)
   model, sas_summary = sasrec.train(catalog.rec_train_sequences, sas_config, seed=config.seed)
   collaborative_NxD = model.item_table()
-  outputs.save(out_dir, semantic_NxD, collaborative_NxD, catalog.item_ids, model)
-  return {
+  bce_model, bce_summary = None, None
+  if config.embed.sasrec.bce_baseline and sas_config.loss == "bce":
+    bce_model, bce_summary = model, {"same_as": "sasrec"}  # The main model already is one.
+  elif config.embed.sasrec.bce_baseline:
+    # Trained after the main model, from its own PRNGKey(seed): the main model's training
+    # and item table are exactly those of a run without this baseline.
+    bce_model, bce_summary = sasrec.train(
+        catalog.rec_train_sequences, dataclasses.replace(sas_config, loss="bce"),
+        seed=config.seed)
+  outputs.save(out_dir, semantic_NxD, collaborative_NxD, catalog.item_ids, model, bce_model)
+  summary = {
       "num_items": int(catalog.num_items),
       "semantic_shape": list(semantic_NxD.shape),
       "collaborative_shape": list(collaborative_NxD.shape),
       "semantic": sem_summary,
       "sasrec": sas_summary,
   }
+  if bce_summary is not None:
+    summary["sasrec_bce"] = bce_summary
+  return summary
 
 
 def run(config: ml_collections.ConfigDict, ctx: context.StageContext) -> dict[str, Any]:

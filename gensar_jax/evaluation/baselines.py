@@ -1,4 +1,4 @@
-"""Baselines scored exactly like GenSAR: same rows, same candidates, same metrics (DESIGN §7).
+"""Baselines scored exactly like GenSAR: same rows, same candidates, same metrics (docs/design.md §7).
 
 Each baseline is a scorer `rows -> scores [R, N]` over the whole catalog; the
 "sampled" metrics take the scores of each row's stored candidates (positive first)
@@ -16,14 +16,34 @@ tie-breaking (`metrics.ranks_from_scores` / `metrics.ranks_of_targets`).
               Krovetz stems) of the row's query over item title + description.
   dense       (search) cosine similarity of the text encoder's query embedding and the
               embed stage's item embeddings (the same encoder).
+  sasrec_bce  (recommendation) `sasrec` trained with the binary cross-entropy loss and one
+              sampled negative (GenSAR's paper's SASRec; `embed.sasrec.bce_baseline`).
+  cooccurrence  (recommendation) how often each item followed the row's last history item
+              in the training sequences (`transition_counts`), ties by popularity.
+  cooccurrence_last3  the same summed over the last 3 history items, weights 1, 0.5,
+              0.25 (newest first): an item-to-item kNN over transitions.
+  id_prefix   (recommendation) the longest collaborative-identifier prefix each item
+              shares with each of the last 3 history items, summed with weights 1, 0.5,
+              0.25, ties by popularity: what the identifiers alone carry.
+
+Recommendation histories are built as SASRec's (`embed.sasrec.row_histories`): the
+user's training sequence, then (for test rows) the validation target. Transition counts
+and popularity come from `Catalog.rec_train_sequences` only, so no validation or test
+target is counted. Every baseline is one `Baseline` of `REGISTRY`, which `evaluate_all`
+scores and the report reads display names from.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+import dataclasses
+import functools
+import pathlib
+from typing import Any
 
-import bm25s
+from absl import logging
 import numpy as np
+from scipy import sparse
 
 from gensar_jax import context
 from gensar_jax import metrics as metrics_lib
@@ -34,6 +54,10 @@ from gensar_jax.data import schema
 
 Scorer = Callable[[Mapping[str, np.ndarray]], np.ndarray]  # rows -> [R, N] scores
 _CHUNK = 512  # Rows scored at once (bounds the [R, N] score matrix).
+RECENCY = (1.0, 0.5, 0.25)  # Weights of the last 3 history items, newest first.
+# Largest popularity tie-break added to a count- or prefix-based score: below their
+# smallest step (0.25 with RECENCY), so popularity only orders items of equal score.
+TIE = 0.1
 
 
 def score_rows(scorer: Scorer, rows: Mapping[str, np.ndarray], modes: Sequence[str],
@@ -71,18 +95,19 @@ def popularity_scorer(catalog: schema.Catalog) -> Scorer:
 
 
 def sasrec_scorer(embed_dir, catalog: schema.Catalog, earlier_rows,
-                  window: int | None = None) -> Scorer:
+                  window: int | None = None, which: str = "softmax") -> Scorer:
   """The embed stage's SASRec (see `gensar_jax.embed.sasrec.row_histories`).
 
   Args:
     window: keep only the last `window` recommendation items of each history (GenSAR's
       `data.max_rec_his_len`, for a same-information comparison); None = SASRec's own
       `max_len`.
+    which: "softmax" (the main SASRec) or "bce" (`embed.sasrec.bce_baseline`'s).
   """
   from gensar_jax.embed import outputs as embed_outputs  # pylint: disable=g-import-not-at-top
   from gensar_jax.embed import sasrec  # pylint: disable=g-import-not-at-top
 
-  model = embed_outputs.load_sasrec(embed_dir)
+  model = embed_outputs.load_sasrec(embed_dir, which)
 
   def score(rows):
     histories, _ = sasrec.row_histories(catalog, rows, earlier_rows)
@@ -93,6 +118,81 @@ def sasrec_scorer(embed_dir, catalog: schema.Catalog, earlier_rows,
   return score
 
 
+def popularity_tiebreak(catalog: schema.Catalog) -> np.ndarray:
+  """float64 [N] in [0, TIE): training counts scaled to order items of equal score."""
+  seqs = [s for s in catalog.rec_train_sequences if len(s)]
+  flat = np.concatenate(seqs) if seqs else np.zeros(0, np.int64)
+  counts_N = np.bincount(flat, minlength=catalog.num_items).astype(np.float64)
+  return TIE * counts_N / (counts_N.max(initial=0.0) + 1.0)
+
+
+def recent_items(histories: Sequence[np.ndarray], count: int) -> np.ndarray:
+  """int64 [R, count]: each history's last `count` items, newest first; -1 where none."""
+  out_RxK = np.full((len(histories), count), -1, np.int64)
+  for r, h in enumerate(histories):
+    last = np.asarray(h, np.int64)[::-1][:count]
+    out_RxK[r, :len(last)] = last
+  return out_RxK
+
+
+def transition_counts(sequences: Sequence[np.ndarray], num_items: int) -> sparse.csr_matrix:
+  """[N, N] sparse counts: entry (a, b) = how often item b directly followed item a."""
+  pairs = [(np.asarray(s[:-1], np.int64), np.asarray(s[1:], np.int64))
+           for s in sequences if len(s) > 1]
+  src = np.concatenate([a for a, _ in pairs]) if pairs else np.zeros(0, np.int64)
+  dst = np.concatenate([b for _, b in pairs]) if pairs else np.zeros(0, np.int64)
+  return sparse.csr_matrix((np.ones(len(src)), (src, dst)), shape=(num_items, num_items))
+
+
+def _history_scorer(catalog: schema.Catalog, earlier_rows, weights: Sequence[float],
+                    item_scores: Callable[[np.ndarray], np.ndarray]) -> Scorer:
+  """Scores sum `w_k * item_scores(k-th newest history item)` [H, N], plus popularity
+  as a tie-break; rows with fewer history items use what they have."""
+  from gensar_jax.embed import sasrec  # pylint: disable=g-import-not-at-top
+
+  tie_N = popularity_tiebreak(catalog)
+
+  def score(rows):
+    histories, _ = sasrec.row_histories(catalog, rows, earlier_rows)
+    recent_RxK = recent_items(histories, len(weights))
+    out_RxN = np.tile(tie_N, (len(histories), 1))
+    for k, w in enumerate(weights):
+      has_R = recent_RxK[:, k] >= 0
+      if has_R.any():
+        out_RxN[has_R] += w * item_scores(recent_RxK[has_R, k])
+    return out_RxN
+
+  return score
+
+
+def cooccurrence_scorer(catalog: schema.Catalog, earlier_rows,
+                        weights: Sequence[float] = (1.0,)) -> Scorer:
+  """Training transition counts from the last `len(weights)` history items, weighted
+  newest first (`(1.0,)`: the last item only), ties by popularity."""
+  counts_NxN = transition_counts(catalog.rec_train_sequences, catalog.num_items)
+  return _history_scorer(catalog, earlier_rows, weights,
+                         lambda items_H: counts_NxN[items_H].toarray())
+
+
+def prefix_lengths(codes_NxL: np.ndarray, items_H: np.ndarray) -> np.ndarray:
+  """int [H, N]: how many leading codes item n shares with item items_H[h]."""
+  same_HxNxL = codes_NxL[items_H][:, None, :] == codes_NxL[None, :, :]
+  return np.cumprod(same_HxNxL, axis=2, dtype=np.int8).sum(axis=2, dtype=np.int32)
+
+
+def id_prefix_scorer(catalog: schema.Catalog, codes_NxL: np.ndarray, earlier_rows,
+                     weights: Sequence[float] = RECENCY) -> Scorer:
+  """Shared identifier prefix length with each of the last `len(weights)` history items
+  (weighted newest first), ties by popularity.
+
+  Args:
+    codes_NxL: one identifier per item (the collaborative table, for recommendation).
+  """
+  codes_NxL = np.asarray(codes_NxL)
+  return _history_scorer(catalog, earlier_rows, weights,
+                         lambda items_H: prefix_lengths(codes_NxL, items_H))
+
+
 def query_scorer(query_scores_QxN: np.ndarray) -> Scorer:
   """Scores looked up by each row's query index from a per-query matrix."""
   return lambda rows: query_scores_QxN[np.asarray(rows["query"], np.int64)]
@@ -100,6 +200,8 @@ def query_scorer(query_scores_QxN: np.ndarray) -> Scorer:
 
 def bm25_query_scores(catalog: schema.Catalog) -> np.ndarray:
   """[Q, N] BM25 score of every query against every item's text (0 for no text)."""
+  import bm25s  # pylint: disable=g-import-not-at-top
+
   texts = [catalog.item_text(i) for i in range(catalog.num_items)]
   has_text = np.flatnonzero([bool(t.strip()) for t in texts])
   out = np.zeros((len(catalog.queries), catalog.num_items), np.float32)
@@ -129,29 +231,112 @@ def dense_query_scores(config, embed_dir, catalog: schema.Catalog) -> np.ndarray
   return (unit(queries_QxD) @ unit(items_NxD).T).astype(np.float32)
 
 
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+  """What baselines are built from: the eval stage's config and input stages."""
+
+  config: Any  # The eval stage's config.
+  catalog: schema.Catalog
+  data_dir: pathlib.Path
+  embed_dir: pathlib.Path
+  identifiers_dir: pathlib.Path
+
+  @property
+  def window(self) -> int:
+    """GenSAR's recommendation history window (`data.max_rec_his_len`)."""
+    return int(self.config.data.max_rec_his_len)
+
+  @functools.cached_property
+  def earlier_rows(self) -> Mapping[str, np.ndarray]:
+    """The validation recommendation rows (their targets precede the test targets)."""
+    return dataset.load_rows(self.data_dir, "recommendation", "validation")
+
+
+def _collaborative_codes(b: Inputs) -> np.ndarray:
+  from gensar_jax.identifiers import table as id_table  # pylint: disable=g-import-not-at-top
+
+  return id_table.load(b.identifiers_dir).for_task("recommendation").codes
+
+
+def _sasrec_bce(b: Inputs) -> Scorer | None:
+  from gensar_jax.embed import outputs as embed_outputs  # pylint: disable=g-import-not-at-top
+
+  if not embed_outputs.has_sasrec(b.embed_dir, "bce"):
+    return None
+  return sasrec_scorer(b.embed_dir, b.catalog, b.earlier_rows, which="bce")
+
+
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+  """One baseline: its key, display name, tasks, and how to build its scorer."""
+
+  name: str  # Key in metrics.json and ranks.npz; "{window}" becomes data.max_rec_his_len.
+  title: str  # Display name (the report's); may hold "{window}" too.
+  tasks: tuple[str, ...]  # The tasks it is scored on (one scorer serves them all).
+  make: Callable[[Inputs], Scorer | None]  # None: not available here (skipped).
+
+  def key(self, b: Inputs) -> str:
+    """The name with this run's window filled in."""
+    return self.name.format(window=b.window)
+
+
+_REC, _SEARCH = ("recommendation",), ("search",)
+REGISTRY: tuple[Baseline, ...] = (
+    Baseline("popularity", "Popularity", tuple(schema.TASKS),
+             lambda b: popularity_scorer(b.catalog)),
+    Baseline("cooccurrence", "Co-occurrence (last item → next)", _REC,
+             lambda b: cooccurrence_scorer(b.catalog, b.earlier_rows)),
+    Baseline("cooccurrence_last3", "Co-occurrence (last 3 items)", _REC,
+             lambda b: cooccurrence_scorer(b.catalog, b.earlier_rows, RECENCY)),
+    Baseline("id_prefix", "Identifier prefix (last 3 items)", _REC,
+             lambda b: id_prefix_scorer(b.catalog, _collaborative_codes(b), b.earlier_rows)),
+    Baseline("sasrec", "SASRec", _REC,
+             lambda b: sasrec_scorer(b.embed_dir, b.catalog, b.earlier_rows)),
+    Baseline("sasrec_last{window}", "SASRec (last {window} items)", _REC,
+             lambda b: sasrec_scorer(b.embed_dir, b.catalog, b.earlier_rows, b.window)),
+    Baseline("sasrec_bce", "SASRec (BCE, one negative)", _REC, _sasrec_bce),
+    Baseline("bm25", "BM25", _SEARCH,
+             lambda b: query_scorer(bm25_query_scores(b.catalog))),
+    Baseline("dense", "Dense (text encoder)", _SEARCH,
+             lambda b: query_scorer(dense_query_scores(b.config, b.embed_dir, b.catalog))),
+)
+
+
+def title(key: str) -> str:
+  """Display name of a baseline key ("sasrec_last5" -> "SASRec (last 5 items)")."""
+  for entry in REGISTRY:
+    head, templated, tail = entry.name.partition("{window}")
+    if key == entry.name:
+      return entry.title
+    middle = key[len(head):len(key) - len(tail)]
+    if (templated and key.startswith(head) and key.endswith(tail)
+        and len(key) > len(head) + len(tail) and middle.isdigit()):
+      return entry.title.format(window=middle)
+  return key
+
+
 def evaluate_all(config, ctx: context.StageContext, catalog: schema.Catalog,
                  test_rows: Mapping[str, Mapping[str, np.ndarray]],
                  modes: Sequence[str]) -> dict[str, dict]:
-  """{baseline: {task: {mode: ranks_R}}} on the given test rows (the one place every
-  baseline, SASRec included, is scored)."""
-  seed = int(config.seed)
-  data_dir = ctx.input_dir("data")
-  embed_dir = ctx.input_dir("embed")
-  rec, srch = test_rows["recommendation"], test_rows["search"]
+  """{baseline: {task: {mode: ranks_R}}} on the given test rows: every `REGISTRY` entry
+  available in this workdir (the one place every baseline, SASRec included, is scored)."""
+  b = Inputs(config, catalog, ctx.input_dir("data"), ctx.input_dir("embed"),
+             ctx.input_dir("identifiers"))
+  return evaluate(b, REGISTRY, test_rows, modes, int(config.seed))
+
+
+def evaluate(b: Inputs, entries: Sequence[Baseline],
+             test_rows: Mapping[str, Mapping[str, np.ndarray]], modes: Sequence[str],
+             seed: int) -> dict[str, dict]:
+  """{baseline: {task: {mode: ranks_R}}} of the given entries (those whose `make` gives
+  a scorer) on the given test rows (tasks without rows are left out)."""
   out: dict[str, dict] = {}
-  pop = popularity_scorer(catalog)
-  out["popularity"] = {"recommendation": score_rows(pop, rec, modes, seed, "popularity"),
-                       "search": score_rows(pop, srch, modes, seed, "popularity")}
-  earlier = dataset.load_rows(data_dir, "recommendation", "validation")
-  out["sasrec"] = {"recommendation": score_rows(
-      sasrec_scorer(embed_dir, catalog, earlier), rec, modes, seed, "sasrec")}
-  window = int(config.data.max_rec_his_len)
-  out[f"sasrec_last{window}"] = {"recommendation": score_rows(
-      sasrec_scorer(embed_dir, catalog, earlier, window), rec, modes, seed,
-      f"sasrec_last{window}")}
-  out["bm25"] = {"search": score_rows(query_scorer(bm25_query_scores(catalog)), srch, modes,
-                                      seed, "bm25")}
-  out["dense"] = {"search": score_rows(
-      query_scorer(dense_query_scores(config, embed_dir, catalog)), srch, modes, seed,
-      "dense")}
+  for entry in entries:
+    scorer = entry.make(b)
+    if scorer is None:
+      logging.info("baseline %s: not available in this workdir, skipped", entry.key(b))
+      continue
+    name = entry.key(b)
+    out[name] = {task: score_rows(scorer, test_rows[task], modes, seed, name)
+                 for task in entry.tasks if task in test_rows}
   return out

@@ -5,8 +5,9 @@
                       "full": {...}, "sampled_beam": {...}, "sampled_exact": {...},
                       "agreement": {top10_equal, top1_equal, same_rank}},
    "search": {...},
-   "baselines": {name: {task: {"sampled": ..., "full": ...}}},
+   "baselines": {name: {task: {"sampled": ..., "full": ...}}},  (names: baselines.REGISTRY)
    "tests": {task: {mode: {"versus", "metric", "mean_diff", "se_diff", "t", "p", "count"}}},
+   "tests_by_baseline": {task: {mode: {baseline: {"metric", "mean_diff", ...}}}},
    "settings": {checkpoint_step, beam_size, score, rank, exact_catalog},
    "checkpoint_step": N}
 `ranks.npz`: every method's per-row target ranks, `<method>/<task>/<mode>`, from which
