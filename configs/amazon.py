@@ -7,8 +7,14 @@ Usage:
 The argument string is `key=value` pairs separated by commas:
   category: the NAME in reviews_NAME_5.json[.gz] / meta_NAME.json[.gz].
   preset:   `paper` (the paper's sizes: t5-small, 500-epoch quantizer, 200 epochs of
-            training; meant for an accelerator) or `cpu` (sizes that finish on a 2-core
-            machine in well under an hour for a category the size of Office).
+            training; meant for an accelerator), `cpu` (sizes that finish on a 2-core
+            machine in well under an hour for a category the size of Office), or one
+            accelerator host (an 80-141 GiB H100/H200-class GPU, or all GPUs of one
+            host; not yet run on one, see launch/device_check.sh):
+            `gpu1` (`paper` in bf16 compute, its batch in micro-batches sized for one
+            device) or `gpu1_small` (`cpu`'s model and stages trained for the paper's
+            200 epochs at batch 1,024). The block at the end of `get_config` holds
+            their changes and the arithmetic behind them.
 Every field below can be overridden with `--config.<section>.<field>=value`.
 """
 
@@ -16,7 +22,7 @@ import ml_collections
 
 from gensar_jax.data import params as data_params
 
-PRESETS = ("paper", "cpu")
+PRESETS = ("paper", "cpu", "gpu1", "gpu1_small")
 
 
 def parse_arg(arg: str | None) -> dict[str, str]:
@@ -56,7 +62,7 @@ def add_t5_sizes(m: ml_collections.ConfigDict, paper: bool,
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the full pipeline config for one category and preset."""
   args = parse_arg(arg)
-  paper = args["preset"] == "paper"
+  paper = args["preset"] in ("paper", "gpu1")  # The paper's sizes (else the cpu preset's).
   c = ml_collections.ConfigDict()
   c.preset = args["preset"]  # Which preset built this config (informational).
   c.seed = 42  # Master seed; every stage derives its own RNG streams from it.
@@ -66,7 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.reuse_from = ""  # Another workdir whose finished stages are reused when their fingerprints match.
   c.xla_cache = True  # Keep compiled programs in <workdir>/.xla_cache (later stages and resumes reuse them).
 
-  # ---------------------------------------------------------------- data (DESIGN §1)
+  # ---------------------------------------------------------------- data (docs/design.md §1)
   c.data = d = ml_collections.ConfigDict()
   d.category = args["category"]  # NAME in reviews_NAME_5.json[.gz] and meta_NAME.json[.gz].
   d.raw_dir = ""  # Folder with the raw McAuley files (also the TFDS manual_dir).
@@ -78,7 +84,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # defaulted and commented once, in gensar_jax/data/params.py.
   d.update(data_params.processing_defaults())
 
-  # -------------------------------------------------------------- embed (DESIGN §2)
+  # -------------------------------------------------------------- embed (docs/design.md §2)
   c.embed = e = ml_collections.ConfigDict()
   e.text_encoder_dir = ""  # Local HF-style encoder folder ("" = bundled all-MiniLM-L6-v2).
   e.max_text_len = 256  # Token limit of item text (title + description).
@@ -93,8 +99,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   s.batch_size = 128  # Sequences per step.
   s.epochs = 200 if paper else 60  # Passes over the training sequences.
   s.loss = "softmax"  # "softmax": full-catalog cross-entropy; "bce": one sampled negative.
+  # Also train a SASRec with loss "bce" (GenSAR's paper's way), the same settings and seed,
+  # for the eval stage's `sasrec_bce` baseline only (collaborative.npy is unchanged).
+  s.bce_baseline = True
 
-  # --------------------------------------------------------- identifiers (DESIGN §3)
+  # --------------------------------------------------------- identifiers (docs/design.md §3)
   c.identifiers = q = ml_collections.ConfigDict()
   q.variant = "joint"  # "joint", "semantic" (only-semantic) or "collaborative" (only-collab).
   q.num_shared_levels = 2  # L_m: shared codebooks on [z_s; z_c].
@@ -114,7 +123,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   q.grad_clip = 1.0  # Global gradient-norm clip.
   q.eval_every_epochs = 10  # Collision rate is measured (and the best kept) this often.
 
-  # ------------------------------------------------------------ doc2query (DESIGN §4)
+  # ------------------------------------------------------------ doc2query (docs/design.md §4)
   c.doc2query = g = ml_collections.ConfigDict()
   g.enabled = True  # Train doc2query and add the ad-hoc search task.
   g.num_queries = 1  # Pseudo-queries generated per item.
@@ -154,21 +163,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   add_t5_sizes(m, paper, relative_attention=True)
   m.code_init = "random"  # Code-token embeddings: "random", or "codebook" (the quantizer's code vectors, projected).
 
-  # ------------------------------------------------------------- tasks (DESIGN §4)
-  c.tasks = k = ml_collections.ConfigDict()
-  k.behaviour_tokens = True  # Write <R_I>, <S_Q>, <S_I> before history entries and targets.
-  k.num_phrasings = 10  # Instruction phrasings per task (one sampled per example).
-  k.max_query_tokens = 64  # Token limit of one query.
-  k.max_text_tokens = 256  # Token limit of item text.
-  k.max_source_len = 512 if paper else 256  # Token limit of an encoder input.
-  k.max_target_len = 64  # Token limit of a decoder target.
+  # ------------------------------------------------------------- tasks (docs/design.md §4)
+  c.tasks = tasks = ml_collections.ConfigDict()
+  tasks.behaviour_tokens = True  # Write <R_I>, <S_Q>, <S_I> before history entries and targets.
+  tasks.num_phrasings = 10  # Instruction phrasings per task (one sampled per example).
+  tasks.max_query_tokens = 64  # Token limit of one query.
+  tasks.max_text_tokens = 256  # Token limit of item text.
+  tasks.max_source_len = 512 if paper else 256  # Token limit of an encoder input.
+  tasks.max_target_len = 64  # Token limit of a decoder target.
   # Examples per epoch per task, as a multiple of the NRIP training rows (capped at the rows
   # a task can draw from; 0 = task off). The authors' Electronics mixture as proportions:
-  # every NRIP row (930k), 100k NSIP, 1k NSQP and ad-hoc, 2k Desc2ID and ID2Desc (DESIGN §4).
-  k.shares = ml_collections.ConfigDict(dict(
+  # every NRIP row (930k), 100k NSIP, 1k NSQP and ad-hoc, 2k Desc2ID and ID2Desc (docs/design.md §4).
+  tasks.shares = ml_collections.ConfigDict(dict(
       nrip=1.0, nsip=100 / 930, nsqp=1 / 930, adhoc=1 / 930, desc2id=2 / 930, id2desc=2 / 930))
 
-  # ------------------------------------------------------------- train (DESIGN §5)
+  # ------------------------------------------------------------- train (docs/design.md §5)
   c.train = r = ml_collections.ConfigDict()
   r.learning_rate = 1e-3  # Peak AdamW learning rate.
   r.warmup_frac = 0.01  # Fraction of steps of linear warmup before cosine decay.
@@ -188,12 +197,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   r.max_steps = 0  # Stop early after this many steps, schedule unchanged (0 = never; tests, debugging).
   r.max_minutes = 0.0  # Wall-clock budget of the step loop; validate, save and stop when spent (0 = none).
 
-  # --------------------------------------------------------------- mesh (DESIGN §5)
-  c.mesh = h = ml_collections.ConfigDict()
-  h.data_axis = "data"  # Mesh axis the batch is sharded over.
-  h.shard_params = False  # FSDP: shard large parameters over the data axis.
+  # --------------------------------------------------------------- mesh (docs/design.md §5)
+  c.mesh = mesh = ml_collections.ConfigDict()
+  mesh.data_axis = "data"  # Mesh axis the batch is sharded over.
+  mesh.shard_params = False  # FSDP: shard large parameters over the data axis.
 
-  # ---------------------------------------------------------------- eval (DESIGN §6)
+  # ---------------------------------------------------------------- eval (docs/design.md §6)
   c.eval = v = ml_collections.ConfigDict()
   v.beam_size = 30  # Beam width of the constrained search (also validation's, when it uses beams).
   v.batch_size = 32  # Examples per decoding batch.
@@ -219,4 +228,45 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   i.output = ""  # JSONL file of answers.
   i.k = 10  # Items per answer (a request may ask for its own k, up to eval.beam_size).
   i.example_requests = 0  # Without a request file: answer this many test-split examples.
+
+  # ------------------------------------------- one accelerator host (issue 25)
+  # The mesh (mesh.data_axis) spans every device JAX sees, so on one host: all its GPUs.
+  # Batches split over them; parameters are replicated (mesh.shard_params=True: FSDP).
+  # Memory figures are estimates from gensar_jax/benchmarks/pod_numbers.py (+-30%);
+  # nothing here has been measured on an accelerator yet.
+  if args["preset"] == "gpu1":
+    # bf16 compute: activations and matmul inputs in bfloat16 (model/t5.py casts at each
+    # layer); parameters, gradients and AdamW state stay float32, and attention softmax
+    # and the loss are float32 (t5.py computes attention logits and output logits in
+    # float32; train/step.py casts logits to float32 before the cross-entropy).
+    m.dtype = "bfloat16"  # The main model's compute dtype.
+    g.model.dtype = "bfloat16"  # doc2query's t5-small too.
+    # The paper's global batch, 8,192, in 32 micro-batches of 256 on one device. Per
+    # device: state 20 B/parameter x 48.9M (9,539-token vocabulary) = 0.9 GiB; one
+    # micro-batch's activations at the worst source bucket (512 tokens) ~43 GiB in bf16
+    # (~65 GiB in float32); total ~44 GiB, under the 60 GiB that XLA preallocates on an
+    # 80 GiB H100 (75%). 16 micro-batches of 512 (~87 GiB) fit only an H200's 105 GiB.
+    # With N local GPUs each holds 256 / N examples of a micro-batch.
+    r.batch_size = 8192  # Global examples per optimizer step (the paper's).
+    r.grad_accum_steps = 32  # Micro-batches of 256 per step (arithmetic above).
+    # Decoding batch (validation, eval): 8x the cpu preset's; ~0.3 GiB of logits a beam step.
+    v.batch_size = 256
+  elif args["preset"] == "gpu1_small":
+    # The cpu preset's model, identifiers and stages (2.0M parameters, float32: a model
+    # this small is bound by per-step overhead, not matmul speed, and float32 keeps the
+    # curve comparable with the CPU runs; on GPUs float32 matmuls use TF32 by default)
+    # trained for the paper's 200 epochs. Office: 42,935 examples an epoch = 41 steps of
+    # 1,024 (the remainder sits out that epoch), 8,200 steps in all (the cpu preset:
+    # 2,000 steps of 64, ~3 epochs).
+    # Activations of 1,024 examples at the worst source bucket (256 tokens): ~13 GiB.
+    r.batch_size = 1024  # Global examples per optimizer step: 16x the cpu preset's 64.
+    r.grad_accum_steps = 1  # One micro-batch (it fits, see above).
+    # sqrt scaling from the cpu preset's 1e-3 at batch 64: 1e-3 x sqrt(1024 / 64) (AdamW;
+    # not tuned: at batch 64, 3e-3 ranked worse than 1e-3, README run D).
+    r.learning_rate = 4e-3
+    r.epochs = 200.0  # The paper's epochs.
+    r.steps = 0  # The schedule follows epochs (8,200 steps on Office).
+    r.checkpoint_every_steps = 500  # Orbax save interval (~12 epochs on Office).
+    r.eval_every_epochs = 10  # Validation every 10 epochs (410 steps on Office): 20 points.
+    v.batch_size = 256  # Decoding batch (validation, eval).
   return c

@@ -27,6 +27,7 @@ def _random_codes(rng, n, levels, k):
 @pytest.mark.parametrize("score", ["allowed", "full"])
 @pytest.mark.parametrize("first_token,levels,k,beam", [
     (fakes.BEHAVIOUR[2], 3, 5, 12), (None, 3, 5, 12), (fakes.BEHAVIOUR[0], 4, 8, 30)])
+@pytest.mark.device
 def test_beams_equal_exhaustive_top_when_nothing_is_pruned(score, first_token, levels, k, beam):
   rng = np.random.default_rng(1)
   tok = fakes.level_tokens(levels, k, first_token)
@@ -81,6 +82,7 @@ def test_property_every_result_is_a_valid_identifier_of_its_set():
       assert np.all(np.isneginf(scores[b][items[b] < 0]))
 
 
+@pytest.mark.device
 def test_per_example_sets_do_not_leak():
   levels, k = 2, 3
   tok = fakes.level_tokens(levels, k)
@@ -200,6 +202,40 @@ def test_catalog_table_is_shared_and_sharded_batch_matches():
     np.testing.assert_allclose(scores, scores3, atol=1e-5)
 
 
+@pytest.mark.device
+def test_real_t5_beam_as_wide_as_the_candidates_equals_exact_scores_on_the_mesh():
+  # A random tiny T5 (not the fake): its decoder cache, shared cross keys/values and both
+  # jitted paths, sharded over every device (8 simulated here; the accelerator's there).
+  from gensar_jax.decoding import exact  # pylint: disable=g-import-not-at-top
+  from gensar_jax.model import t5  # pylint: disable=g-import-not-at-top
+
+  levels, k, n_cand = 3, 4, 6
+  tok = fakes.level_tokens(levels, k)
+  cfg = t5.T5Config(vocab_size=fakes.vocab_size(levels, k), d_model=32, d_ff=64,
+                    num_encoder_layers=1, num_decoder_layers=2, num_heads=2, d_kv=16,
+                    dropout_rate=0.0)
+  model, params = t5.T5(cfg), t5.init_params(cfg, jax.random.key(0))
+  n_dev = jax.device_count()
+  batch = n_dev * max(1, 8 // n_dev)
+  rng = np.random.default_rng(8)
+  codes = _random_codes(rng, 30, levels, k)
+  cands = np.stack([rng.permutation(len(codes))[:n_cand] for _ in range(batch)])
+  tables = trie.build_batched(codes, cands, k)
+  src = rng.integers(2, cfg.vocab_size, (batch, 7)).astype(np.int32)
+  src[:, -1] = 1
+  mesh = jax.make_mesh((n_dev,), ("data",))
+  spec = beam_search.SearchSpec.create(tok, start_token=0, beam_size=n_cand, score="full")
+  decoder = lambda p: beam_search.T5Decoder(model, p)  # pylint: disable=unnecessary-lambda-assignment
+  ((items, beam_scores),) = beam_search.make_search_fn(decoder, spec, mesh=mesh)(
+      params, src, tables)
+  scores = np.asarray(exact.make_score_fn(decoder, spec, mesh=mesh)(
+      params, src, codes[cands].astype(np.int32), np.ones(cands.shape, bool), tables))
+  assert np.all(np.isfinite(scores))
+  order = np.take_along_axis(cands, np.argsort(-scores, axis=1, kind="stable"), 1)
+  np.testing.assert_array_equal(np.asarray(items), order)
+  np.testing.assert_allclose(np.asarray(beam_scores), -np.sort(-scores, axis=1), atol=2e-4)
+
+
 def _exact(tables, codes, cands, keys, tok, score, shared_codes=False):
   from gensar_jax.decoding import exact  # pylint: disable=g-import-not-at-top
 
@@ -211,6 +247,7 @@ def _exact(tables, codes, cands, keys, tok, score, shared_codes=False):
   return np.asarray(fn({}, src, cand_codes, cands >= 0, tables))
 
 
+@pytest.mark.device
 @pytest.mark.parametrize("score", ["allowed", "full"])
 @pytest.mark.parametrize("first_token", [fakes.BEHAVIOUR[1], None])
 def test_exact_scores_equal_the_brute_force_path_scores(score, first_token):
@@ -232,6 +269,7 @@ def test_exact_scores_equal_the_brute_force_path_scores(score, first_token):
       np.testing.assert_allclose(got[b, c], want, atol=2e-4)
 
 
+@pytest.mark.device
 @pytest.mark.parametrize("score", ["allowed", "full"])
 def test_beam_as_wide_as_the_candidates_returns_the_exact_ranking(score):
   rng = np.random.default_rng(4)

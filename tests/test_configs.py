@@ -61,3 +61,45 @@ def test_ablations_change_exactly_what_they_name():
   assert on_demo.to_dict() == demo.to_dict()
   with pytest.raises(ValueError, match="base"):
     ablation.get_config("name=no_nsip,base=books")
+
+
+def _flat(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+  return out
+
+
+def _changed(a, b):
+  fa, fb = _flat(a.to_dict()), _flat(b.to_dict())
+  assert set(fa) == set(fb)
+  return {k for k in fa if fa[k] != fb[k]}
+
+
+def test_accelerator_presets_change_only_what_they_state():
+  from gensar_jax.benchmarks import pod_numbers  # pylint: disable=g-import-not-at-top
+
+  amazon = _load("amazon")
+  assert amazon.PRESETS == ("paper", "cpu", "gpu1", "gpu1_small")
+  get = lambda preset: amazon.get_config(f"category=Office_Products,preset={preset}")
+  paper, cpu, gpu1, small = get("paper"), get("cpu"), get("gpu1"), get("gpu1_small")
+  # gpu1: the paper's run in bf16 compute (parameters stay float32: model/t5.py), decoded
+  # in larger batches; the paper's global batch in micro-batches of 256.
+  assert _changed(paper, gpu1) == {"preset", "model.dtype", "doc2query.model.dtype",
+                                   "eval.batch_size"}
+  assert gpu1.model.dtype == gpu1.doc2query.model.dtype == "bfloat16"
+  assert gpu1.train.batch_size == 8192
+  assert gpu1.train.batch_size // gpu1.train.grad_accum_steps == 256
+  # The stated arithmetic: micro-batches of 256 fit the 60 GiB XLA takes of an 80 GiB
+  # H100 at the worst source bucket; 512 would not.
+  worst = gpu1.tasks.max_source_len
+  assert pod_numbers.device_bytes(pod_numbers.PAPER, 256, worst) < 60 * 2**30
+  assert pod_numbers.device_bytes(pod_numbers.PAPER, 512, worst) > 60 * 2**30
+  # gpu1_small: the cpu preset's model and stages, trained for 200 epochs at batch 1,024
+  # with the learning rate scaled by sqrt(1024 / 64).
+  assert _changed(cpu, small) == {
+      "preset", "train.batch_size", "train.learning_rate", "train.epochs", "train.steps",
+      "train.checkpoint_every_steps", "train.eval_every_epochs", "eval.batch_size"}
+  assert small.train.epochs == 200 and small.train.steps == 0 and small.train.batch_size == 1024
+  assert small.train.learning_rate == cpu.train.learning_rate * (1024 / cpu.train.batch_size) ** 0.5
+  assert small.model.dtype == "float32"

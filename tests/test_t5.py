@@ -128,6 +128,7 @@ def _np_t5(params, cfg, src, tgt):
     dict(),
     dict(feed_forward="gated-gelu", tie_word_embeddings=False),
 ])
+@pytest.mark.device
 def test_forward_matches_numpy_reference(overrides):
   model, params = _model(**overrides)
   src, tgt = _batch(np.random.default_rng(0))
@@ -160,6 +161,7 @@ def test_causal_future_tokens_do_not_change_past_logits():
   assert np.abs(other[:, 3:] - base[:, 3:]).max() > 1e-3
 
 
+@pytest.mark.device
 def test_padding_invariance():
   model, params = _model()
   src, tgt = _batch(np.random.default_rng(2))
@@ -177,6 +179,7 @@ def test_padding_invariance():
 # ------------------------------------------------------------------- decoding API
 @pytest.mark.parametrize("overrides", [dict(), dict(tie_word_embeddings=False,
                                                     feed_forward="gated-gelu")])
+@pytest.mark.device
 def test_decode_step_matches_teacher_forcing(overrides):
   model, params = _model(**overrides)
   rng = np.random.default_rng(3)
@@ -279,6 +282,7 @@ def test_dropout_values_and_sharding_invariance():
   assert np.abs(np.asarray(want) - np.asarray(model.apply(params, src, tgt))).max() > 1e-3
 
 
+@pytest.mark.device
 def test_bfloat16_compute_close_to_float32():
   model, params = _model()
   bf16 = t5.T5(t5.T5Config(**{**TINY, "dtype": "bfloat16"}))

@@ -72,8 +72,10 @@ def _max_abs_diff(a, b):
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+@pytest.mark.device
 def test_one_device_and_eight_devices_agree(tmp_path):
-  assert jax.device_count() == 8
+  # 8 simulated CPU devices here; on an accelerator host (`-m device`), all its devices.
+  assert jax.device_count() == 8 or jax.default_backend() != "cpu"
   model, params = _model()
   data = _planted(64)
   results = {}
@@ -157,6 +159,7 @@ def test_batch_plan_covers_each_example_once_with_little_padding():
   assert not np.array_equal(plan, other)
 
 
+@pytest.mark.device
 def test_tiny_model_learns_a_planted_identifier_mapping(tmp_path):
   model, params = _model(dropout=0.0)
   data = _planted(256, seed=1)
@@ -167,6 +170,7 @@ def test_tiny_model_learns_a_planted_identifier_mapping(tmp_path):
   assert result.loss_end < 0.05
 
 
+@pytest.mark.device
 def test_same_seed_gives_identical_losses(tmp_path):
   model, params = _model()
   data = _planted(64, vary=True)
