@@ -8,7 +8,10 @@ multi-host JAX when asked, and runs the pipeline stages named in `config.stages`
 
 from __future__ import annotations
 
-import importlib
+import ast
+import importlib.util
+import logging as pylogging
+import os
 import pathlib
 import sys
 
@@ -28,6 +31,18 @@ def _first_line(doc: str | None) -> str:
   return (doc or "").strip().splitlines()[0] if (doc or "").strip() else ""
 
 
+def _module_facts(module: str) -> tuple[str, tuple[str, ...]]:
+  """A stage module's docstring and `INPUTS`, read from its source without importing it
+  (importing a stage imports JAX: `--help` stays fast)."""
+  tree = ast.parse(pathlib.Path(importlib.util.find_spec(module).origin).read_text())
+  inputs: tuple[str, ...] = ()
+  for node in tree.body:
+    if (isinstance(node, ast.Assign) and len(node.targets) == 1
+        and getattr(node.targets[0], "id", None) == "INPUTS"):
+      inputs = tuple(ast.literal_eval(node.value))
+  return ast.get_docstring(tree) or "", inputs
+
+
 def help_text() -> str:
   """What `--help` prints: usage, the stages, the bundled configs, where the fields are."""
   lines = [
@@ -40,19 +55,20 @@ def help_text() -> str:
       "stages (--config.stages=all or a comma-separated list; 'all' leaves out infer):",
   ]
   for stage in pipeline.STAGES:
-    doc = _first_line(importlib.import_module(stage.module).__doc__)
-    reads = ", ".join(stage.inputs) or "raw files"
-    lines.append(f"  {stage.name:<12} {doc}  [reads: {reads}]")
+    doc, inputs = _module_facts(stage.module)
+    reads = ", ".join(inputs) or "raw files"
+    lines.append(f"  {stage.name:<12} {_first_line(doc)}  [reads: {reads}]")
   lines += ["", f"configs (in {CONFIGS_DIR}):"]
   for path in sorted(CONFIGS_DIR.glob("*.py")):
     doc = _first_line(config_files.load_module(path).__doc__)
     lines.append(f"  configs/{path.name:<12} {doc}")
   lines += [
       "",
-      "  configs/amazon.py takes category=NAME,preset=paper|cpu; configs/ablation.py takes",
+      "  configs/amazon.py takes category=NAME,preset=paper|cpu|gpu1|gpu1_small; configs/ablation.py takes",
       "  name=ABLATION plus those.",
       "",
       "--show_config prints every field of the resolved config (section.field = value);",
+      "--verbose keeps third-party INFO lines (Orbax, TensorStore, JAX) in the log;",
       "each field is commented in its config file. --workdir is required to run stages.",
       "exit codes: 0 done, 1 error, 2 bad config or flags, 75 preempted (rerun to resume).",
   ]
@@ -68,25 +84,51 @@ def enable_xla_cache(folder: pathlib.Path) -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-_OUTPUTS = (
-    ("report", "report/results.md", "results tables and plots"),
-    ("eval", "eval/metrics.json", "every metric with its standard error"),
+_OUTPUTS = (  # (stage, its main output, what it is)
     ("train", "train/best", "best checkpoint (Orbax; train/ckpt: periodic)"),
-    ("infer", "infer/example_answers.jsonl", "the example answers printed above"),
+    ("eval", "eval/metrics.json", "every metric with its standard error"),
+    ("report", "report/results.md", "results tables and plots"),
 )
 
 
-def outputs_text(workdir: pathlib.Path) -> str:
-  """The closing lines of a run: where its main outputs are."""
-  lines = [f"outputs in {workdir}:"]
-  for _, rel, what in _OUTPUTS:
-    if (workdir / rel).exists():
+def outputs_text(workdir: pathlib.Path, summaries) -> str:
+  """The closing lines of a run: the main outputs of the stages this run ran."""
+  ran = getattr(summaries, "ran", list(summaries))
+  lines = []
+  for stage, rel, what in _OUTPUTS:
+    if stage in ran and (workdir / rel).exists():
       lines.append(f"  {workdir / rel}  ({what})")
-  return "\n".join(lines)
+  if "infer" in ran and summaries["infer"].get("output"):
+    infer = summaries["infer"]
+    what = ("the example answers printed above" if infer.get("examples")
+            else f"answers: {infer['answered']} of {infer['requests']} requests")
+    lines.append(f"  {infer['output']}  ({what})")
+  if not lines:
+    return f"nothing to do in {workdir}: every selected stage was up to date"
+  return "\n".join([f"outputs of this run in {workdir}:"] + lines)
 
 
-def _run(config, workdir: str) -> None:
+PACKAGE_DIR = str(pathlib.Path(__file__).resolve().parent)
+
+
+class _OwnInfoOnly(pylogging.Filter):
+  """Keeps INFO lines of this package and warnings of anyone; drops third-party INFO
+  (Orbax, TensorStore, JAX's backend probing) unless `--verbose`."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return record.levelno >= pylogging.WARNING or record.pathname.startswith(PACKAGE_DIR)
+
+
+def quiet_logs() -> None:
+  """Third-party INFO lines off (see `_OwnInfoOnly`), C++ INFO/WARNING lines of XLA off."""
+  logging.get_absl_handler().addFilter(_OwnInfoOnly())
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _run(config, workdir: str, verbose: bool = False) -> None:
   """The absl main: runs the pipeline with `config` in `workdir`."""
+  if not verbose:
+    quiet_logs()
   if config.get("distributed", False):
     import jax  # pylint: disable=g-import-not-at-top
 
@@ -95,15 +137,34 @@ def _run(config, workdir: str) -> None:
   if config.get("xla_cache", False):
     enable_xla_cache(pathlib.Path(workdir) / XLA_CACHE)
   try:
-    pipeline.run(config, workdir)
-    print(outputs_text(pathlib.Path(workdir)), flush=True)
+    summaries = pipeline.run(config, workdir)
+    print(outputs_text(pathlib.Path(workdir), summaries), flush=True)
   except errors.Preempted as e:
+    _finish_dispatched_work()
     print(f"preempted: {e}", file=sys.stderr, flush=True)
-    sys.exit(errors.PREEMPTED_EXIT_CODE)
+    # Straight out: the signal may have cut a library (Orbax, TensorStore, XLA) midway with
+    # its threads still running, and the interpreter's shutdown can then crash. Nothing is
+    # lost: training closed its checkpoints before raising; other stages rerun.
+    sys.stdout.flush()
+    os._exit(errors.PREEMPTED_EXIT_CODE)  # pylint: disable=protected-access
   except errors.PipelineError as e:
     # A user-facing error: one clear message, no traceback.
+    _finish_dispatched_work()
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
+
+
+def _finish_dispatched_work() -> None:
+  """Waits for computations JAX dispatched before the error (a signal can stop Python
+  while XLA still runs them): exiting under them can crash the interpreter's shutdown."""
+  jax = sys.modules.get("jax")
+  if jax is None:
+    return
+  for x in jax.live_arrays():
+    try:
+      x.block_until_ready()
+    except Exception:  # pylint: disable=broad-except  # Deleted or failed: nothing to wait for.
+      pass
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -113,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     print(help_text())
     sys.exit(0)
   show = "--show_config" in argv[1:]
-  argv = [a for a in argv if a != "--show_config"]
+  verbose = "--verbose" in argv[1:]
+  argv = [a for a in argv if a not in ("--show_config", "--verbose")]
   try:
     spec, overrides, rest = config_files.split_argv(argv)
     config = config_files.from_argv(spec, overrides)
@@ -128,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
   if not workdir:
     print("error: --workdir is required (the folder every stage writes into)", file=sys.stderr)
     sys.exit(errors.CONFIG_EXIT_CODE)
-  app.run(lambda args: _run(config, workdir) if len(args) == 1 else _unexpected(args), argv=rest)
+  app.run(lambda args: _run(config, workdir, verbose) if len(args) == 1 else _unexpected(args),
+          argv=rest)
 
 
 def _unexpected(args: list[str]) -> None:

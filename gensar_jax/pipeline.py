@@ -396,7 +396,8 @@ def run_stage(config: ml_collections.ConfigDict, workdir: pathlib.Path, name: st
     _wait_for(started, fp, f"preparing stage {name}")
     module = importlib.import_module(stage.module)
     return dict(module.run(stage_config(config, stage), ctx) or {})
-  same_attempt = started.exists() and started.read_text().strip() == fp
+  # Damaged outputs are never resumed into: the stage starts afresh.
+  same_attempt = started.exists() and started.read_text().strip() == fp and not damaged
   if not stage.cached:
     why = "it runs every time"
   elif damaged:
@@ -422,6 +423,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: pathlib.Path, name: st
   summary = dict(module.run(stage_config(config, stage), ctx) or {})
   summary["wall_s"] = round(time.time() - start, 2)
   write_json_atomic(ctx.dir / SUMMARY, summary)
+  summary = dict(summary, **{_RAN: True})  # Not in summary.json: this invocation ran it.
   if stage.cached:
     manifest.write(ctx.dir, _digests(workdir))
   write_text_atomic(done, fp + "\n")
@@ -431,7 +433,8 @@ def run_stage(config: ml_collections.ConfigDict, workdir: pathlib.Path, name: st
   return summary
 
 
-PREVIOUS_SUFFIX = ".previous"  # A stage's finished outputs while a rerun replaces them.
+PREVIOUS_SUFFIX = ".previous"
+_RAN = "_ran"  # Marks the summary `run_stage` returns when it ran the stage.  # A stage's finished outputs while a rerun replaces them.
 
 
 def _finished_as(stage_dir: pathlib.Path, fp: str) -> bool:
@@ -466,11 +469,20 @@ def _preemptible(name: str):
       signal.signal(s, h)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, dict]:
+class Summaries(dict):
+  """Each stage's summary by stage name; `ran` lists the stages this invocation ran
+  (the others were up to date or reused)."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.ran: list[str] = []
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Summaries:
   """Runs the stages named in `config.stages` in pipeline order.
 
   Returns:
-    Each stage's summary, by stage name.
+    Each stage's summary, by stage name (`Summaries.ran`: the stages that ran).
   """
   names = parse_stages(config.get("stages", "all"))
   validate(config, names)
@@ -487,10 +499,10 @@ def _run_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   damaged = check_inputs(config, workdir, names)
   names = [s.name for s in STAGES if s.name in set(names) | set(damaged)]
   before = {s.name: _done_text(workdir, s.name) for s in STAGES}
-  summaries = {}
+  summaries = Summaries()
   for name in names:
     with _preemptible(name):
-      summaries[name] = run_stage(config, workdir, name)
+      summaries[name] = _note_ran(summaries, name, run_stage(config, workdir, name))
   rebuilt = {n for n in names if _done_text(workdir, n) != before[n]}
   for stage in STAGES:
     if (stage.refresh and stage.name not in names and before[stage.name] is not None
@@ -498,8 +510,16 @@ def _run_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
       logging.info("stage %s: refreshing its earlier outputs (%s changed)", stage.name,
                    ", ".join(sorted(rebuilt & set(stage.inputs))))
       with _preemptible(stage.name):
-        summaries[stage.name] = run_stage(config, workdir, stage.name)
+        summaries[stage.name] = _note_ran(summaries, stage.name,
+                                          run_stage(config, workdir, stage.name))
   return summaries
+
+
+def _note_ran(summaries: Summaries, name: str, summary: dict) -> dict:
+  """Records in `summaries.ran` whether `run_stage` ran the stage (its `_ran` mark)."""
+  if summary.pop(_RAN, False):
+    summaries.ran.append(name)
+  return summary
 
 
 def _done_text(workdir: pathlib.Path, name: str) -> str | None:

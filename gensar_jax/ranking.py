@@ -1,4 +1,4 @@
-"""GenSAR's own ranking: beam search or exact likelihood over identifiers (DESIGN §6, §9).
+"""GenSAR's own ranking: beam search or exact likelihood over identifiers (docs/design.md §6, §9).
 
 `GenerativeRanker` turns validation/test rows into prompts (the task's first
 phrasing ending with the behaviour token that selects the task) and ranks items for

@@ -1,4 +1,4 @@
-"""The device mesh and how parameters and batches are laid out on it (DESIGN §5).
+"""The device mesh and how parameters and batches are laid out on it (docs/design.md §5).
 
 Shared by training, doc2query, decoding, the generative ranker, eval and inference.
 

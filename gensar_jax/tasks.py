@@ -1,4 +1,4 @@
-"""The GenSAR training tasks as text (DESIGN §4): instructions, responses, the mixture.
+"""The GenSAR training tasks as text (docs/design.md §4): instructions, responses, the mixture.
 
 Items are written `<R_I>` + collaborative identifier in a recommendation context and
 `<S_I>` + semantic identifier in a search context; a query is `<S_Q>` + its words.
@@ -250,7 +250,7 @@ class TaskBuilder:
     return self._b(token) + self._id_text[kind][int(item)]
 
   def eval_source(self, task: str, row: Mapping[str, np.ndarray]) -> prompts_lib.Prompt:
-    """The decoding prompt of one validation/test row (DESIGN §6, paper Fig. 3).
+    """The decoding prompt of one validation/test row (docs/design.md §6, paper Fig. 3).
 
     The first phrasing of NRIP (recommendation) or NSIP (search: history and the
     row's query) followed by the behaviour token that selects the task: `<R_I>` or

@@ -1,4 +1,4 @@
-"""Interleaved histories, the leakage rule, filters and leave-one-out (DESIGN §1.3).
+"""Interleaved histories, the leakage rule, filters and leave-one-out (docs/design.md §1.3).
 
 Small hand-made review logs with every expected event position written out.
 """

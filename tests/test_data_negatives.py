@@ -1,4 +1,4 @@
-"""Evaluation negatives (DESIGN §1.3): popularity-sampled for recommendation, BM25
+"""Evaluation negatives (docs/design.md §1.3): popularity-sampled for recommendation, BM25
 hits topped up at random for search; 99 distinct, never the positive."""
 
 import numpy as np

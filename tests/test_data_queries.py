@@ -1,4 +1,4 @@
-"""Query construction (DESIGN §1.2): Ai et al.'s method and their released files."""
+"""Query construction (docs/design.md §1.2): Ai et al.'s method and their released files."""
 
 from collections import Counter
 
@@ -7,7 +7,7 @@ import pytest
 
 from gensar_jax.data import queries
 
-# The three released Electronics queries quoted in DESIGN §1.2.
+# The three released Electronics queries quoted in docs/design.md §1.2.
 RELEASED_EXAMPLES = [
     (["Electronics", "GPS & Navigation", "Vehicle GPS", "Trucking GPS"],
      "electronics navigation vehicle trucking gps"),

@@ -240,10 +240,10 @@ def test_office_summary_matches_counts_taken_from_the_raw_files(office_dir, tmp_
   assert s["items_with_text"] == with_text
   assert s["reviews"] == s["rec_events"] == len(reviews) == 53258
   assert every_item_has_a_query and s["search_events"] == len(reviews)
-  assert s["queries"] == 283  # DESIGN §10.
+  assert s["queries"] == 283  # docs/design.md §10.
   for task in schema.TASKS:
     rows = s["rows"][task]
-    assert rows == {"train": 38543, "validation": 4905, "test": 4905}  # DESIGN §10.
+    assert rows == {"train": 38543, "validation": 4905, "test": 4905}  # docs/design.md §10.
     # Every user keeps all its targets but the first: one per review, minus one.
     assert sum(rows.values()) == len(reviews) - len(per_user)
   assert s["skipped"]["review_duplicate"] == 0 and s["repaired"] == {}

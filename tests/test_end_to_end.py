@@ -49,11 +49,9 @@ def set_field(config, key: str, value) -> None:
   config[last] = value
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("e2e")
-  summaries = pipeline.run(tiny_config(), workdir)
-  return workdir, summaries
+@pytest.fixture
+def finished(tiny_run):
+  return tiny_run
 
 
 def test_every_stage_finishes_with_its_outputs(finished):
@@ -79,8 +77,20 @@ def test_metrics_json_has_the_documented_shape(finished):
       assert set(metrics_lib.METRIC_KEYS) <= set(m) and m["count"] == 16
       assert all(0.0 <= m[k] <= 1.0 for k in metrics_lib.METRIC_KEYS)
       assert m["hr@1"] <= m["hr@5"] <= m["hr@10"]
-  assert set(metrics["baselines"]) == {"sasrec", "sasrec_last5", "bm25", "dense", "popularity"}
+  assert set(metrics["baselines"]) == {"sasrec", "sasrec_last5", "sasrec_bce", "bm25", "dense",
+                                       "popularity", "cooccurrence", "cooccurrence_last3",
+                                       "id_prefix"}
   assert set(metrics["baselines"]["bm25"]) == {"search"}
+  for name in ("sasrec_bce", "cooccurrence", "cooccurrence_last3", "id_prefix"):
+    per_task = metrics["baselines"][name]
+    assert set(per_task) == {"recommendation"} and set(per_task["recommendation"]) == {
+        "sampled", "full"}
+    assert per_task["recommendation"]["full"]["count"] == 16
+    for mode in ("sampled", "full"):
+      test = metrics["tests_by_baseline"]["recommendation"][mode][name]
+      np.testing.assert_allclose(
+          test["mean_diff"], metrics["recommendation"][mode]["ndcg@10"]
+          - per_task["recommendation"][mode]["ndcg@10"], atol=1e-12)
   assert metrics["settings"] == {"checkpoint_step": metrics["checkpoint_step"], "beam_size": 5,
                                  "score": "full", "rank": "exact", "exact_catalog": False}
   ranks = np.load(workdir / "eval" / "ranks.npz")
@@ -211,6 +221,9 @@ def test_eval_refuses_a_model_trained_on_other_identifiers(finished, tmp_path):
   id_table.save(copy / "identifiers", id_table.Identifiers(
       ids.item_ids, ids.semantic, id_table.IdentifierTable(
           codes, ids.collaborative.level_names, ids.collaborative.codebook_size)))
+  # As if the stage itself had written them (else its manifest would rerun it).
+  from gensar_jax import file_digests, manifest  # pylint: disable=g-import-not-at-top
+  manifest.write(copy / "identifiers", file_digests.DigestCache(None))
   with pytest.raises(pipeline.PipelineError, match="other identifier tables"):
     pipeline.run(tiny_config(stages="eval", **{"eval.max_examples": 4}), copy)
 
@@ -235,3 +248,33 @@ def test_same_config_and_seed_give_bit_identical_results(finished, tmp_path):
   first = json.loads((workdir / "eval" / "metrics.json").read_text())
   second = json.loads((again / "eval" / "metrics.json").read_text())
   assert first == second
+
+
+def test_results_md_header_states_the_settings_of_metrics_json(finished):
+  workdir, _ = finished
+  metrics = json.loads((workdir / "eval" / "metrics.json").read_text())
+  text = (workdir / "report" / "results.md").read_text()
+  head = text.split("Metrics are means")[0]
+  s = metrics["settings"]
+  assert f"checkpoint step {s['checkpoint_step']}; beam {s['beam_size']}; scoring `{s['score']}`" in head
+  assert f"ranking of the 100 candidates `{s['rank']}`" in head
+  counts = {t: metrics[t]["sampled"]["count"] for t in ("recommendation", "search")}
+  assert (f"test rows per task: recommendation {counts['recommendation']}, "
+          f"search {counts['search']}") in head
+  assert "seed 42" in head and "commit " in head
+  links = [l.split("](")[1].split(")")[0] for l in head.splitlines() if l.startswith("- [")]
+  assert links and all((workdir / "report" / name).exists() for name in links)
+
+
+def test_the_python_api_example_prints_answers(finished):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from tests.conftest import REPO  # pylint: disable=g-import-not-at-top
+
+  workdir, _ = finished
+  proc = subprocess.run([sys.executable, str(REPO / "examples" / "ask_a_trained_model.py"),
+                         str(workdir)], capture_output=True, text=True, timeout=600, cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = proc.stdout.splitlines()
+  assert lines[0] == "recommendation after 2 events:"
+  assert sum(1 for l in lines if l.startswith("  ") and not l.startswith("  note")) == 10

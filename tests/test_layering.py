@@ -4,7 +4,9 @@ From the bottom up; a module imports only modules of its own layer or below, and
 module imports another stage package's `stage.py`:
   0 ground floor   errors, atomic, file_digests, context (what a stage's `run` gets),
                    sharding, padding, metrics, tokens, task_kinds (the one task ↔
-                   identifier kind ↔ behaviour-token table), prompts, compute_trend
+                   identifier kind ↔ behaviour-token table), prompts, compute_trend,
+                   progress (bars only on a terminal), manifest (stage output digests),
+                   workdir_lock (one run per workdir)
   1 shared models  model/, decoding/, ranking (the generative ranker of validation,
                    eval and inference)
   2 stage libraries  every module of a stage package but its stage.py (data/, embed/,
@@ -13,8 +15,8 @@ module imports another stage package's `stage.py`:
                    embed/outputs, identifiers/table, doc2query/outputs, train/checkpoint,
                    evaluation/outputs), and tasks (the training tasks as text)
   3 stages         <package>/stage.py: reads other stages through their contract modules
-  4 runner         pipeline, config_files
-  5 entry points   main, experiments, benchmarks/
+  4 runner         pipeline, config_files, config_ranges
+  5 entry points   main, experiments, benchmarks/, devices (what JAX sees)
 """
 
 import ast
@@ -24,13 +26,14 @@ from tests.conftest import REPO
 
 PACKAGE = REPO / "gensar_jax"
 GROUND = {"__init__", "errors", "atomic", "file_digests", "context", "sharding", "padding",
-          "metrics", "tokens", "task_kinds", "prompts", "compute_trend"}
+          "metrics", "tokens", "task_kinds", "prompts", "compute_trend", "progress",
+          "manifest", "workdir_lock"}
 SHARED = {"model", "decoding", "ranking"}
 STAGE_PACKAGES = {"data", "embed", "identifiers", "doc2query", "train", "evaluation",
                   "report", "inference"}
 LIBRARIES = {"tasks"}
-RUNNER = {"pipeline", "config_files"}
-ENTRY = {"main", "experiments", "benchmarks"}
+RUNNER = {"pipeline", "config_files", "config_ranges"}
+ENTRY = {"main", "experiments", "benchmarks", "devices"}
 LAYER_NAMES = ("ground floor", "shared models", "stage libraries", "stages", "runner",
                "entry points")
 

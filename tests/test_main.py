@@ -31,7 +31,8 @@ def _main(capsys, *args):
     (("--config=configs/nope.py",), "config file 'configs/nope.py' does not exist"),
     ((f"--config={AMAZON}:colour=red",),
      f"bad argument 'colour=red' for {AMAZON}: unknown config argument 'colour'"),
-    ((f"--config={AMAZON}:preset=huge",), "preset must be one of ('paper', 'cpu'), got 'huge'"),
+    ((f"--config={AMAZON}:preset=huge",),
+     f"preset must be one of {config_files.load_module(AMAZON).PRESETS}, got 'huge'"),
     (("--workdir=/tmp/x",), "--config is required"),
     ((f"--config={DEMO}",), "--workdir is required"),
 ])

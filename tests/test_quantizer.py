@@ -1,4 +1,4 @@
-"""Exact-value tests of the residual quantizer's math and modules (DESIGN §3)."""
+"""Exact-value tests of the residual quantizer's math and modules (docs/design.md §3)."""
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +16,7 @@ RESIDUALS = np.array([[0.9, 0.1], [0.1, 1.5], [-0.2, -0.1]], np.float32)
 
 
 def small_config(**overrides) -> ml_collections.ConfigDict:
-  """A tiny quantizer config with the DESIGN §3 structure."""
+  """A tiny quantizer config with the docs/design.md §3 structure."""
   cfg = dict(
       variant="joint", num_shared_levels=2, num_specific_levels=2, codebook_size=8,
       latent_dim=8, hidden_dims=(16, 12), commitment=0.25, sinkhorn_epsilon=0.003,

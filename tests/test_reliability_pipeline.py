@@ -6,6 +6,7 @@ through the `gensar` command in a subprocess (exit codes and the one-line messag
 
 import json
 import os
+import re
 import pathlib
 import shutil
 import signal
@@ -91,8 +92,13 @@ def test_a_second_run_on_a_busy_workdir_exits_at_once_and_the_first_is_unharmed(
   line = second.stderr.strip().splitlines()[-1]
   assert line.startswith(f"error: workdir {workdir} is in use by another run (PID {first.pid}: ")
   assert "main.py" in line  # The holder's command line.
-  _, err = first.communicate(timeout=900)
+  out, err = first.communicate(timeout=900)
   assert first.returncode == 0, err[-3000:]
+  # Quiet logs: no progress-bar frames in a file, no third-party INFO lines.
+  assert "\r" not in out + err
+  assert not re.search(r"^I\d{4} .*(orbax|checkpoint_manager|checkpointer|xla_bridge)", err,
+                       re.M), err[:3000]
+  assert "outputs of this run in" in out and "eval/metrics.json" in out
   mine, lone = _metrics(workdir), _metrics(built[0])
   for task in ("recommendation", "search"):
     assert mine[task] == lone[task]
@@ -133,6 +139,16 @@ def test_a_truncated_identifiers_file_reruns_the_identifiers_stage(built, tmp_pa
   np.testing.assert_array_equal(again.semantic.codes, good.semantic.codes)
   np.testing.assert_array_equal(again.collaborative.codes, good.collaborative.codes)
   assert _metrics(workdir) == _metrics(built[0])  # Eval itself was still up to date.
+
+
+def test_a_damaged_best_checkpoint_retrains_before_eval_reads_it(built, tmp_path):
+  workdir = _copy(built[0], tmp_path / "w")
+  data_file = max((workdir / "train" / "best").glob("*/params/d/*"), key=lambda p: p.stat().st_size)
+  data_file.write_bytes(data_file.read_bytes()[:200])
+  shutil.rmtree(workdir / "eval")
+  summaries = pipeline.run(tiny_config(stages="eval"), workdir)
+  assert summaries["train"]["resumed_from"] is None  # Afresh, not resumed into the damage.
+  assert _metrics(workdir) == _metrics(built[0])  # Same seed: the same model again.
 
 
 # ------------------------------------------------------------ runner-level (fake stages)

@@ -109,3 +109,66 @@ def test_nothing_to_report_is_a_clear_error(tmp_path):
   with pytest.raises(pipeline.PipelineError, match="nothing to report"):
     report_stage.run(_config(), ctx)
   assert tables.collect(tmp_path) == []
+
+
+def _entries():
+  def m(v, se):
+    return {"sampled": {"ndcg@10": v, "ndcg@10_se": se}}
+  return [
+      {"method": "GenSAR", "kind": "gensar", "recommendation": m(0.09, 0.003),
+       "search": m(0.18, 0.004)},
+      {"method": "GenSAR no_nsip", "kind": "ablation", "recommendation": m(0.091, 0.003),
+       "search": m(0.17, 0.004)},
+      {"method": "SASRec", "kind": "baseline", "recommendation": m(0.248, 0.005)},
+      {"method": "SASRec (last 5 items)", "kind": "baseline", "recommendation": m(0.247, 0.005)},
+      {"method": "BM25", "kind": "baseline", "search": m(0.083, 0.003)},
+      {"method": "dense", "kind": "baseline", "search": m(0.158, 0.004)},
+  ]
+
+
+def _text_boxes(fig):
+  """(text, window box) of every visible, non-empty text artist of the figure, once each."""
+  fig.canvas.draw()
+  renderer = fig.canvas.get_renderer()
+  seen, out = set(), []
+  import matplotlib.text  # pylint: disable=g-import-not-at-top
+
+  for t in fig.findobj(matplotlib.text.Text):
+    if id(t) in seen or not t.get_visible() or not t.get_text():
+      continue
+    seen.add(id(t))
+    out.append((t.get_text(), t.get_window_extent(renderer)))
+  return out
+
+
+def test_tradeoff_plot_has_error_bars_and_no_overprinting_labels():
+  from gensar_jax.report import plots  # pylint: disable=g-import-not-at-top
+  import matplotlib.container  # pylint: disable=g-import-not-at-top
+
+  fig = plots.tradeoff_figure(_entries())
+  ax = fig.axes[0]
+  bars = [c for c in ax.containers if isinstance(c, matplotlib.container.ErrorbarContainer)]
+  assert len(bars) == 2  # GenSAR and the ablation, each with x and y error bars.
+  assert all(c.has_xerr and c.has_yerr for c in bars)
+  labels = [t.get_text() for t in ax.get_legend().get_texts()]
+  assert "SASRec (recommendation only)" in labels and "SASRec (last 5 items) (recommendation only)" in labels
+  boxes = [(txt, b) for txt, b in _text_boxes(fig) if txt in labels]
+  assert len(boxes) == len(labels)
+  for i, (ta, a) in enumerate(boxes):
+    for tb, b in boxes[i + 1:]:
+      assert not a.overlaps(b), (ta, tb)
+
+
+def test_training_plot_is_linear_with_validation_error_bars_or_says_too_few():
+  from gensar_jax.report import plots  # pylint: disable=g-import-not-at-top
+
+  history = [{"kind": "train", "step": s, "loss": 6.0 - s / 100} for s in range(1, 400, 50)]
+  val = [{"kind": "validation", "step": s, "recommendation/ndcg@10": 0.05 + s / 1e4,
+          "recommendation/ndcg@10_se": 0.01, "search/ndcg@10": 0.1,
+          "search/ndcg@10_se": 0.02} for s in (100, 200, 300)]
+  fig = plots.training_figure(history + val)
+  loss_ax, val_ax = fig.axes
+  assert loss_ax.get_yscale() == "linear"
+  assert len(val_ax.containers) == 2 and val_ax.get_legend() is not None
+  one = plots.training_figure(history + val[:1])
+  assert any("too few points" in t.get_text() for t in one.axes[1].texts)

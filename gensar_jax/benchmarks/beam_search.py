@@ -1,4 +1,4 @@
-"""Constrained beam-search speed at t5-small size (DESIGN §9, issue 6): s/example.
+"""Constrained beam-search speed at t5-small size (docs/design.md §9, issue 6): s/example.
 
   python -m gensar_jax.benchmarks.beam_search [--beam=30] [--src_len=128]
       [--candidates=100] [--catalog_items=50000] [--json=PATH]

@@ -1,4 +1,4 @@
-"""Data-stage speed and memory at Amazon Electronics size (DESIGN §1, issue 2).
+"""Data-stage speed and memory at Amazon Electronics size (docs/design.md §1, issue 2).
 
   python -m gensar_jax.benchmarks.data [--reviews=1700000] [--items=62883]
       [--users=192403] [--leaves=1000] [--unreviewed_meta=435000] [--released]

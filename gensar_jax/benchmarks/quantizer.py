@@ -3,7 +3,7 @@
   python -m gensar_jax.benchmarks.quantizer [--items=63001] [--epochs=4] [--batch_size=1024]
 
 Random inputs of the paper's Electronics size (63,001 items, 768-d semantic and 64-d
-collaborative embeddings), the DESIGN §3 quantizer (joint, L_m = L_n = 2, K = 256,
+collaborative embeddings), the docs/design.md §3 quantizer (joint, L_m = L_n = 2, K = 256,
 Sinkhorn on the two last levels) and the training loop of the identifiers stage
 (`train.make_epoch_runner`: whole epochs scanned on device). Prints:
   - the fp32 matmul rate of this machine, measured in the same run (a 2048³ product
@@ -43,7 +43,7 @@ _NO_SINKHORN = flags.DEFINE_bool("compare_no_sinkhorn", True, "Also time steps w
 
 
 def identifiers_config(batch_size: int, sinkhorn_epsilon: float = 0.003) -> ml_collections.ConfigDict:
-  """The DESIGN §3 quantizer settings (the paper preset of configs/amazon.py)."""
+  """The docs/design.md §3 quantizer settings (the paper preset of configs/amazon.py)."""
   return ml_collections.ConfigDict(dict(
       variant="joint", num_shared_levels=2, num_specific_levels=2, codebook_size=256,
       latent_dim=64, hidden_dims=(512, 256, 128, 64), commitment=0.25,

@@ -1,7 +1,7 @@
 """The embedded demo world: a synthetic Amazon category in the McAuley layout.
 
 No real data ships with the project, so the demo config and many tests run on a small
-generated category written exactly like the McAuley files (DESIGN §1.1):
+generated category written exactly like the McAuley files (docs/design.md §1.1):
 
   reviews_<category>_5.json.gz  one JSON object a line: reviewerID, asin, reviewText,
                                 overall, unixReviewTime; grouped by user, time order.

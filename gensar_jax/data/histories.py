@@ -1,4 +1,4 @@
-"""Interleaved histories, target filters and leave-one-out splits (DESIGN §1.3).
+"""Interleaved histories, target filters and leave-one-out splits (docs/design.md §1.3).
 
 Every review is a recommendation event; a review whose query is >= 0 is also a search
 event. Events are totally ordered per user by (time, review order, kind): reviews by

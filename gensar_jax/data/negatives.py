@@ -1,4 +1,4 @@
-"""Evaluation negatives: 99 distinct items per validation/test target (DESIGN §1.3).
+"""Evaluation negatives: 99 distinct items per validation/test target (docs/design.md §1.3).
 
 Recommendation: items drawn in proportion to their interaction counts, never the
 positive and never any item the user interacted with. Search: the BM25 (bm25s) top hits

@@ -1,4 +1,4 @@
-"""Raw category folder -> catalog + rows per task and split (the whole of DESIGN §1).
+"""Raw category folder -> catalog + rows per task and split (the whole of docs/design.md §1).
 
 `process(raw_dir, params)` runs raw reading, query construction, interleaving,
 filters, leave-one-out and negatives, and returns everything the TFDS builder writes

@@ -1,6 +1,6 @@
 """Search queries: built from category paths (Ai et al. 2017) or read from their files.
 
-Construction (DESIGN §1.2), per category path with at least two levels:
+Construction (docs/design.md §1.2), per category path with at least two levels:
   join the level names with spaces, keep only [a-zA-Z ], lowercase, split on
   whitespace, drop STOPWORDS, Krovetz-stem, keep only words seen at least
   `min_word_count` times in the reviews (when the reviews carry text), then remove

@@ -1,6 +1,6 @@
 """Reads a raw McAuley Amazon category folder (reviews, meta, optional query files).
 
-Layout (DESIGN §1.1), `.json` or `.json.gz`:
+Layout (docs/design.md §1.1), `.json` or `.json.gz`:
   reviews_NAME_5.json  one JSON review a line: reviewerID, asin, unixReviewTime
                        (reviewText / summary optional: used to filter query words).
   meta_NAME.json       one item a line: asin, title, description, categories (2014,

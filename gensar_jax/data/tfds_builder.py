@@ -237,7 +237,7 @@ def write_split(rows: dict[str, np.ndarray], template, chunk: int = 32_768,
 class GensarAmazon(tfds.core.GeneratorBasedBuilder):
   """GenSAR rows (recommendation and search targets) of one Amazon review category."""
 
-  # 1.0.0: first release (DESIGN §1 protocol). Bump whenever processing changes.
+  # 1.0.0: first release (docs/design.md §1 protocol). Bump whenever processing changes.
   VERSION = tfds.core.Version("1.2.0")
   RELEASE_NOTES = {
       "1.0.0": "Interleaved 5+5 histories, leave-one-out, 99 negatives.",
@@ -269,7 +269,7 @@ class GensarAmazon(tfds.core.GeneratorBasedBuilder):
     scalar = lambda dt: tfds.features.Scalar(dtype=dt)  # noqa: E731
     vector = lambda n: tfds.features.Tensor(shape=(n,), dtype=np.int32)  # noqa: E731
     return self.dataset_info_from_configs(
-        description="GenSAR joint search and recommendation rows (DESIGN §1).",
+        description="GenSAR joint search and recommendation rows (docs/design.md §1).",
         features=tfds.features.FeaturesDict({
             "user": scalar(np.int32),
             "time": scalar(np.int64),

@@ -1,4 +1,4 @@
-"""Jitted trie-constrained beam search over fixed-length identifiers (DESIGN §6, §9).
+"""Jitted trie-constrained beam search over fixed-length identifiers (docs/design.md §6, §9).
 
 Identifiers have a fixed length L, so step l always draws level l's K code tokens and
 the search is an unrolled prefix phase plus a `lax.fori_loop` over the remaining levels:

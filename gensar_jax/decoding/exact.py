@@ -1,4 +1,4 @@
-"""Exact ranking of candidate identifiers by teacher-forced log-likelihood (DESIGN §9).
+"""Exact ranking of candidate identifiers by teacher-forced log-likelihood (docs/design.md §9).
 
 Beam search approximates the ranking of a candidate set: a candidate whose prefix falls
 out of the beam is never scored. Exact ranking scores every candidate's whole

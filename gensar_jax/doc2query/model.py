@@ -1,4 +1,4 @@
-"""Doc2query (DESIGN §4): a T5 that writes search queries for an item's text.
+"""Doc2query (docs/design.md §4): a T5 that writes search queries for an item's text.
 
 Training pairs come from the training split's search rows only: each distinct
 (item, query) of `search_train` with item text becomes (item text -> query text).

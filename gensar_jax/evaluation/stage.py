@@ -1,4 +1,4 @@
-"""The eval stage: restore the trained model and score the test split (DESIGN §6–7).
+"""The eval stage: restore the trained model and score the test split (docs/design.md §6–7).
 
 Restores the best Orbax checkpoint of `<workdir>/train` (with the tokenizer,
 identifier tables and config saved beside it), refuses to go on when those differ from
@@ -10,7 +10,11 @@ agreement of beam search's top 10 with the exact top 10 is reported.
 
 Writes `metrics.json` and `ranks.npz` (their layout, writer and readers:
 `outputs.py`). "tests" compares GenSAR with the best baseline of each task and mode (by
-NDCG@10) by a paired t-test on the same rows.
+NDCG@10) by a paired t-test on the same rows; "tests_by_baseline" with every baseline.
+The baselines are those of `baselines.REGISTRY`: popularity, SASRec (softmax, at
+GenSAR's window, and BCE), item co-occurrence (the training sequences only) and
+identifier-prefix overlap (the identifiers stage's collaborative table) for
+recommendation, BM25 and dense retrieval for search.
 """
 
 from __future__ import annotations
@@ -129,6 +133,7 @@ def run(config, ctx: context.StageContext) -> dict:
   ranks.update({f"{name}/{task}/{m}": r for name, per_task in baseline_ranks.items()
                 for task, per_mode in per_task.items() for m, r in per_mode.items()})
   metrics["tests"] = paired_tests(ranks, metrics["baselines"], modes)
+  metrics["tests_by_baseline"] = paired_tests_by_baseline(ranks, metrics["baselines"], modes)
   metrics["settings"] = {"checkpoint_step": bundle.step, "beam_size": int(v.beam_size),
                          "score": v.score, "rank": v.rank,
                          "exact_catalog": bool(v.exact_catalog)}
@@ -143,6 +148,9 @@ def run(config, ctx: context.StageContext) -> dict:
   }
 
 
+PROTOCOL_WORDS = {"sampled": "100 candidates", "full": "whole catalog"}  # metrics.json keys.
+
+
 def summary_text(metrics: dict, path) -> str:
   """NDCG@10 ± standard error of every method, per task and protocol, and the file."""
   s = metrics["settings"]
@@ -155,7 +163,7 @@ def summary_text(metrics: dict, path) -> str:
       cells = [f"{name} {m[mode]['ndcg@10']:.4f} ± {m[mode]['ndcg@10_se']:.4f}"
                for name, m in methods.items() if mode in m]
       if cells:
-        lines.append(f"  {task} {mode}: " + ", ".join(cells))
+        lines.append(f"  {task}, {PROTOCOL_WORDS[mode]}: " + ", ".join(cells))
   lines.append(f"  written to {path}")
   return "\n".join(lines)
 
@@ -174,4 +182,19 @@ def paired_tests(ranks: dict[str, np.ndarray], baseline_metrics: dict,
       test = metrics_lib.paired_test(ranks[f"gensar/{task}/{mode}"],
                                      ranks[f"{best}/{task}/{mode}"], "ndcg@10")
       out.setdefault(task, {})[mode] = {"versus": best, **test}
+  return out
+
+
+def paired_tests_by_baseline(ranks: dict[str, np.ndarray], baseline_metrics: dict,
+                             modes) -> dict[str, dict]:
+  """GenSAR vs every baseline of each task and mode: {task: {mode: {baseline: test}}}."""
+  out: dict[str, dict] = {}
+  for task in schema.TASKS:
+    for mode in modes:
+      if f"gensar/{task}/{mode}" not in ranks:
+        continue
+      for name, m in baseline_metrics.items():
+        if mode in m.get(task, {}):
+          out.setdefault(task, {}).setdefault(mode, {})[name] = metrics_lib.paired_test(
+              ranks[f"gensar/{task}/{mode}"], ranks[f"{name}/{task}/{mode}"], "ndcg@10")
   return out

@@ -1,4 +1,4 @@
-"""The joint residual quantizer (DESIGN §3): encoders, codebook levels, decoders.
+"""The joint residual quantizer (docs/design.md §3): encoders, codebook levels, decoders.
 
 Math lives in pure functions (`quantize_level`, `sinkhorn_log`, `residual_walk`); the
 Flax linen module `RQVAE` holds the parameters (MLPs and one codebook per level) and
@@ -242,7 +242,7 @@ LevelFn = Callable[[str, jax.Array, bool], LevelOutput]
 def residual_walk(
     plan: LevelPlan, r0_BxD: jax.Array, level_fn: LevelFn, balanced: bool
 ) -> dict[str, Any]:
-  """Runs the residual quantization of DESIGN §3 through every level of `plan`.
+  """Runs the residual quantization of docs/design.md §3 through every level of `plan`.
 
   Args:
     plan: the level layout.

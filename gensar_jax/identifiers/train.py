@@ -1,4 +1,4 @@
-"""Training of the residual quantizer (DESIGN §3): k-means init, jitted epochs, best-by-collision.
+"""Training of the residual quantizer (docs/design.md §3): k-means init, jitted epochs, best-by-collision.
 
 Whole epochs run inside one jitted `lax.scan` over device-resident data: each epoch
 draws a permutation of the items on device (`fold_in(shuffle_key, epoch)`), scans the

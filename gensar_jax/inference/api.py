@@ -278,9 +278,10 @@ class GenSAR:
         notes.append([f"prompt truncated to the encoder's {limit} tokens: dropped the oldest "
                       f"{d} of {entries} history entries"])
       elif d < 0:
-        notes.append([f"prompt truncated to the encoder's {limit} tokens: dropped all "
-                      f"{entries} history entries and cut its start (the model reads its "
-                      f"last {limit - 1} tokens)"])
+        dropped_text = (f"dropped all {entries} history entries and cut" if entries
+                        else "cut")
+        notes.append([f"prompt truncated to the encoder's {limit} tokens: {dropped_text} "
+                      f"its start (the model reads its last {limit - 1} tokens)"])
       else:
         notes.append([])
     return notes

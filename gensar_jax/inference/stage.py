@@ -284,9 +284,11 @@ def run(config, ctx: context.StageContext) -> dict:
       for h in a.get("items", []):
         print(f"  {h['score']:8.3f}  {h['item_id']}  {h['title']}", flush=True)
   errors = sum(1 for a in answers if "error" in a)
-  logging.info("infer: %d requests, %d errors, answers in %s", len(answers), errors, output)
+  print(f"infer: answered {len(answers) - errors} of {len(answers)} requests"
+        + (f"; {errors} refused: see their 'error' lines in {output}" if errors else "")
+        + f"; answers in {output}", flush=True)
   return {"requests": len(answers), "answered": len(answers) - errors, "errors": errors,
-          "output": str(output),
+          "output": str(output), "examples": not i.requests,
           "requests_per_s": round(len(answers) / max(decode_s, 1e-9), 2),
           "infer_s": round(time.time() - start, 2),
           "error_kinds": sorted({a["field"] for a in answers if "error" in a})}

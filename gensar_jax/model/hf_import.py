@@ -1,4 +1,4 @@
-"""Start from a local Hugging Face T5 checkpoint folder, with no torch (DESIGN §5).
+"""Start from a local Hugging Face T5 checkpoint folder, with no torch (docs/design.md §5).
 
 A folder holds `config.json` and `model.safetensors` (or shards listed in
 `model.safetensors.index.json`). Tensors are stored torch-style: `Linear` weights as

@@ -1,6 +1,6 @@
 """The GenSAR tokenizer: a subword model plus behaviour and identifier-code tokens.
 
-Two sources for the subword model (DESIGN §5):
+Two sources for the subword model (docs/design.md §5):
   * a pretrained T5 tokenizer from a local Hugging Face folder (`tokenizer.json`, or
     `spiece.model` converted by `transformers`), or
   * a BPE model trained with `tokenizers` on the dataset's own text. (T5's own kind,

@@ -1,4 +1,4 @@
-"""The report stage: results tables (Markdown + JSON) and plots (DESIGN §7).
+"""The report stage: results tables (Markdown + JSON) and plots (docs/design.md §7).
 
 Reads the eval stage's `metrics.json` (`evaluation/outputs.py`) of this run and of any
 ablation runs under `<workdir>/ablations/<name>/`, the identifiers stage's collision
@@ -47,19 +47,65 @@ def collision_rates(workdir: pathlib.Path) -> dict[str, dict[str, float]]:
   return out
 
 
+PLOT_LINES = {  # Each plot the stage draws, and what it shows.
+    "tradeoff.png": "search against recommendation NDCG@10 (± s.e.) of every method",
+    "collisions.png": "identifier collision rates before resolution, per run and kind",
+    "training.png": "training loss and validation NDCG against steps",
+}
+
+
+def _commit() -> str:
+  """The code's git commit (short), or "unknown" outside a git checkout."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+
+  try:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                         text=True, timeout=10, cwd=pathlib.Path(__file__).parent)
+    return out.stdout.strip() or "unknown"
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
+
+
+def settings_lines(config, ctx: context.StageContext, main: dict,
+                   plots_drawn: dict[str, str]) -> list[str]:
+  """The header of results.md: what produced the numbers, and the plots beside it."""
+  s = main.get("settings", {})
+  rows = {t: main[t]["sampled"]["count"] for t in ("recommendation", "search")
+          if "sampled" in main.get(t, {})}
+  train_seed = None
+  if ctx.has_input("train") and (ctx.input_dir("train") / "config.json").exists():
+    import json  # pylint: disable=g-import-not-at-top
+
+    recorded = json.loads((ctx.input_dir("train") / "config.json").read_text())
+    train_seed = int(recorded.get("train", {}).get("seed", 0)) or int(recorded.get("seed", 0))
+  lines = [
+      f"- preset `{config.get('preset', '?')}`, seed {config.get('seed', '?')}"
+      + (f", training seed {train_seed}" if train_seed is not None else "")
+      + f", commit {_commit()}",
+      f"- checkpoint step {s.get('checkpoint_step', '?')}; beam {s.get('beam_size', '?')}; "
+      f"scoring `{s.get('score', '?')}` (`full`: log-softmax over the whole vocabulary; "
+      "`allowed`: over the tokens the trie allows); ranking of the 100 candidates "
+      f"`{s.get('rank', '?')}` (`exact`: every candidate's likelihood; `beam`: what the "
+      "constrained beam search returns)",
+      "- test rows per task: " + ", ".join(f"{t} {n}" for t, n in rows.items()),
+      "- protocols: *100 candidates* (the positive and 99 stored negatives) and *whole "
+      "catalog* (every item); HR@k and NDCG@k from the positive's 1-based rank",
+  ]
+  for name, what in plots_drawn.items():
+    lines.append(f"- [{name}]({name}): {what}")
+  return lines + [""]
+
+
 def run(config, ctx: context.StageContext) -> dict:
   """Writes the tables and plots; returns what was written."""
   entries = tables.collect(ctx.workdir)
   if not entries:
     raise errors.PipelineError(f"nothing to report: no eval/metrics.json in {ctx.workdir}")
-  title = f"GenSAR results: {config.data.category} (preset {config.preset})"
+  title = f"GenSAR results: {config.data.category}"
   main = tables.read_metrics(ctx.workdir) or {}
   agreement = {t: main[t]["agreement"] for t in ("recommendation", "search")
                if "agreement" in main.get(t, {})}
-  markdown = tables.to_markdown(entries, title, main.get("tests"), agreement)
-  atomic.write_text_atomic(ctx.dir / RESULTS_MD, markdown + "\n")
-  atomic.write_json_atomic(ctx.dir / RESULTS_JSON, {"methods": entries})
-  written = [RESULTS_MD, RESULTS_JSON]
+  drawn = []
   if config.report.plots:
     rates = collision_rates(ctx.workdir)
     history = (logging_utils.read_history(ctx.input_dir("train")) if ctx.has_input("train")
@@ -68,6 +114,12 @@ def run(config, ctx: context.StageContext) -> dict:
                      ("collisions.png", plots.collisions(rates, ctx.dir / "collisions.png")),
                      ("training.png", plots.training(history, ctx.dir / "training.png"))):
       if ok:
-        written.append(name)
+        drawn.append(name)
+  markdown = tables.to_markdown(
+      entries, title, main.get("tests"), agreement, main.get("tests_by_baseline"),
+      header=settings_lines(config, ctx, main, {n: PLOT_LINES[n] for n in drawn}))
+  atomic.write_text_atomic(ctx.dir / RESULTS_MD, markdown + "\n")
+  atomic.write_json_atomic(ctx.dir / RESULTS_JSON, {"methods": entries})
+  written = [RESULTS_MD, RESULTS_JSON] + drawn
   print(markdown, flush=True)
   return {"methods": [e["method"] for e in entries], "files": written}

@@ -13,20 +13,18 @@ from collections.abc import Mapping
 
 from gensar_jax import metrics as metrics_lib
 from gensar_jax.data import schema
+from gensar_jax.evaluation import baselines
 from gensar_jax.evaluation import outputs as eval_outputs
 
 PROTOCOLS = ("sampled", "full")
 _PROTOCOL_TITLES = {"sampled": "100 candidates (positive + 99 stored negatives)",
-                    "full": "full-catalog ranking"}
-_BASELINE_NAMES = {"sasrec": "SASRec", "bm25": "BM25", "dense": "Dense (text encoder)",
-                   "popularity": "Popularity"}
+                    "full": "whole catalog"}
 
 
 def baseline_name(key: str) -> str:
-  """Display name of a baseline key ("sasrec_last5" -> "SASRec (last 5 items)")."""
-  if key.startswith("sasrec_last"):
-    return f"SASRec (last {key[len('sasrec_last'):]} items)"
-  return _BASELINE_NAMES.get(key, key)
+  """Display name of a baseline key, from `baselines.REGISTRY` ("sasrec_last5" ->
+  "SASRec (last 5 items)"; an unknown key is its own name)."""
+  return baselines.title(key)
 
 
 def read_metrics(workdir: pathlib.Path) -> dict | None:
@@ -73,10 +71,15 @@ def cell(m: Mapping, key: str) -> str:
 
 
 def to_markdown(entries: list[dict], title: str = "Results", tests: Mapping | None = None,
-                agreement: Mapping | None = None) -> str:
+                agreement: Mapping | None = None,
+                tests_by_baseline: Mapping | None = None,
+                header: list[str] | None = None) -> str:
   """One Markdown table per task and protocol: HR@1/5/10, NDCG@5/10 (± standard error
-  over rows), examples; then GenSAR's paired tests and beam/exact agreement if given."""
-  lines = [f"# {title}", "", "Metrics are means over test rows ± their standard error.", ""]
+  over rows), examples; then GenSAR's paired tests (against the best baseline, and
+  against every baseline when given) and beam/exact agreement if given. `header`: lines
+  after the title (the settings that produced the numbers, the plots)."""
+  lines = [f"# {title}", ""] + list(header or []) + [
+      "Metrics are means over test rows ± their standard error.", ""]
   for task in schema.TASKS:
     for protocol in PROTOCOLS:
       rows = [e for e in entries if protocol in e.get(task, {})]
@@ -100,6 +103,15 @@ def to_markdown(entries: list[dict], title: str = "Results", tests: Mapping | No
         name = baseline_name(t["versus"])
         lines.append(f"| {task} | {mode} | {name} | {t['mean_diff']:+.4f} ± "
                      f"{t['se_diff']:.4f} | {t['p']:.2g} |")
+    lines.append("")
+  if tests_by_baseline:
+    lines += ["## GenSAR vs every baseline (paired t-test on NDCG@10, same rows)", "",
+              "| task | protocol | baseline | GenSAR − baseline | p |", "|---|---|---|---|---|"]
+    for task, per_mode in tests_by_baseline.items():
+      for mode, per_baseline in per_mode.items():
+        for key, t in per_baseline.items():
+          lines.append(f"| {task} | {mode} | {baseline_name(key)} | {t['mean_diff']:+.4f} ± "
+                       f"{t['se_diff']:.4f} | {t['p']:.2g} |")
     lines.append("")
   if agreement:
     lines += ["## Beam search vs exact ranking (100 candidates)", "",

@@ -1,4 +1,4 @@
-"""Orbax checkpoints of the train stage, and restoring a model for decoding (DESIGN §5).
+"""Orbax checkpoints of the train stage, and restoring a model for decoding (docs/design.md §5).
 
 Layout of the train stage directory (`<workdir>/train`):
   ckpt/<step>/          periodic saves (params, opt_state, meta JSON); `max_to_keep`

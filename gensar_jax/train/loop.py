@@ -1,4 +1,4 @@
-"""The trainer: a function of (trainer section, directory, model, data), resumable (DESIGN §5).
+"""The trainer: a function of (trainer section, directory, model, data), resumable (docs/design.md §5).
 
 `train` runs `section.steps` optimizer steps (or `section.epochs` passes over the data,
 or until `section.max_minutes` of wall-clock time are spent) with one jitted step per

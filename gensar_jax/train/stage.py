@@ -1,4 +1,4 @@
-"""The train stage: the GenSAR task mixture on a Flax T5, sharded, resumable (DESIGN §4–5).
+"""The train stage: the GenSAR task mixture on a Flax T5, sharded, resumable (docs/design.md §4–5).
 
 Reads the data stage (catalog, training rows, validation rows), the identifiers stage
 and, when `config.doc2query.enabled` and that stage has run, the doc2query stage's

@@ -1,4 +1,4 @@
-"""The optimizer and the jitted train step (DESIGN §5).
+"""The optimizer and the jitted train step (docs/design.md §5).
 
 AdamW with linear warmup then cosine decay to zero, global-norm gradient clipping,
 and gradient accumulation as a `lax.scan` over micro-batches inside ONE `jax.jit`.
