@@ -1,46 +1,65 @@
-"""Train-step throughput at t5-small size (DESIGN §9, issue 5): examples/s.
+"""Train-step throughput at a preset's real shapes, as a fraction of the machine's matmul rate.
 
-  python -m gensar_jax.benchmarks.train_step [--batch_size=64] [--src_len=128]
-      [--tgt_len=6] [--steps=5] [--warmup=2] [--json=PATH]
+  python -m gensar_jax.benchmarks.train_step --shape=cpu|demo|paper [--steps=40]
+      [--batch_size=N] [--json=PATH] [--breakdown]
 
-Times `gensar_jax.train.step` (`make_train_step` + `jit_train_step`, dropout on,
-global-norm clipping, AdamW) on a one-device mesh for a randomly initialised T5 with
-t5-small dimensions and the reference's vocabulary (32,128 + 1,539 added = 33,667).
-Each batch is like the reference harness's (`../shared/bench/refbench/bench.py train`):
-random source ids ending with eos, targets = behaviour token + 4 code tokens + eos.
-The warm-up steps include compilation; the figure is the median of the timed steps.
-Prints the load average beside it: the machine is shared, so compare only with the
-reference timed in the same sitting. The process's CPU seconds per step (all threads)
-are printed too: unlike wall time they barely move when other processes compete for
-the cores, and the reference harness records the same (`own_cpu_mean`).
+Times `gensar_jax.train.step` (`make_train_step` + `jit_train_step`: the train stage's
+step, with the preset's dropout, clipping and AdamW) for a randomly initialised T5 of the
+preset's dimensions (`configs/amazon.py` preset cpu or paper, `configs/demo.py`) on a
+one-device mesh. Batches are planned exactly as training plans them
+(`train.batches.plan_batches`: length-grouped, padded to the bucket lengths) from
+examples drawn from a real run's length distribution: `office_cpu_lengths.json`, the
+(source, target) token lengths of one epoch of the cpu preset's mixture on Office
+(the demo and paper shapes use the same distribution; ids are random).
+
+Every bucket shape is compiled before timing. Printed, from one process in one minute:
+  examples/s and s/step over the timed steps (each step waited for);
+  the step's FLOPs as XLA counts them (`jit(...).lower(...).compile().cost_analysis()`,
+  per bucket shape, summed over the timed steps) and the achieved GFLOP/s;
+  a plain fp32 matmul probe (2048^3, jitted, best of 5) before and after: the machine's
+  rate right now, so the step's rate is a fraction of it, comparable across hosts/load;
+  the share of padding tokens in the batches.
+`--breakdown` also times the pieces of the step at the most common bucket shape
+(encoder forward, whole forward, forward + backward, optimizer update, dropout off).
+`--shape=t5small_ref` keeps the old benchmark's shape (t5-small, the reference's 33,667
+vocabulary, 128-token sources) for comparison with `../shared/bench/refbench`.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import pathlib
 import resource
 import time
 
 from absl import app
 from absl import flags
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from gensar_jax import config_files
+from gensar_jax import padding
 from gensar_jax import sharding
 from gensar_jax.model import t5
+from gensar_jax.train import batches as batches_lib
 from gensar_jax.train import step as step_lib
 
-_BATCH = flags.DEFINE_integer("batch_size", 64, "Examples per step.")
-_SRC = flags.DEFINE_integer("src_len", 128, "Source tokens per example.")
-_TGT = flags.DEFINE_integer("tgt_len", 6, "Target tokens per example.")
-_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps.")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first (the first compiles).")
-_DTYPE = flags.DEFINE_string("dtype", "float32", "Compute dtype (float32 is the comparison).")
-_JSON = flags.DEFINE_string("json", "", "Write {examples_per_s, peak_rss_gib} here.")
+SHAPES = ("cpu", "demo", "paper", "t5small_ref")
+_SHAPE = flags.DEFINE_enum("shape", "cpu", SHAPES, "Which preset's model and batch.")
+_BATCH = flags.DEFINE_integer("batch_size", 0, "Examples per step (0: the preset's; paper: 32).")
+_STEPS = flags.DEFINE_integer("steps", 40, "Timed steps.")
+_JSON = flags.DEFINE_string("json", "", "Write the figures here as JSON.")
+_BREAKDOWN = flags.DEFINE_bool("breakdown", False, "Also time the step's pieces.")
+_DTYPE = flags.DEFINE_string("dtype", "", "Compute dtype (default: the preset's).")
 
+LENGTHS = pathlib.Path(__file__).with_name("office_cpu_lengths.json")
+CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 VOCAB = 32128 + 3 + 6 * 256  # The reference's vocabulary: T5's + behaviour + code tokens.
+PAPER_CPU_BATCH = 32  # The paper preset's 8,192 examples per step are far too many for a CPU.
 
 
 def t5_small(vocab_size: int = VOCAB, dtype: str = "float32") -> t5.T5Config:
@@ -66,57 +85,206 @@ def peak_rss_gib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def main(argv):
-  del argv
-  config = t5_small(dtype=_DTYPE.value)
-  model = t5.T5(config)
-  params = t5.init_params(config, jax.random.PRNGKey(0))
-  train_config = ml_collections.ConfigDict(dict(
-      learning_rate=1e-3, warmup_frac=0.01, weight_decay=1e-7, grad_clip=1.0))
-  steps = _WARMUP.value + _STEPS.value
-  tx, schedule = step_lib.make_optimizer(train_config, total_steps=1000)
+def preset(shape: str) -> ml_collections.ConfigDict:
+  """The pipeline config whose model and train sections the benchmark uses."""
+  if shape == "demo":
+    return config_files.load(str(CONFIGS / "demo.py"))
+  return config_files.load(f"{CONFIGS / 'amazon.py'}:preset={'cpu' if shape == 'cpu' else 'paper'}")
+
+
+def length_pairs(path: pathlib.Path = LENGTHS) -> tuple[np.ndarray, np.ndarray, int]:
+  """(source lengths, target lengths) of the stored distribution's examples, and its vocab."""
+  d = json.loads(pathlib.Path(path).read_text())
+  pairs = np.asarray(d["pairs"], np.int64)
+  src = np.repeat(pairs[:, 0], pairs[:, 2])
+  tgt = np.repeat(pairs[:, 1], pairs[:, 2])
+  return src, tgt, int(d["vocab_size"])
+
+
+def planned_batches(batch: int, steps: int, vocab: int, seed: int = 0,
+                    max_source_len: int | None = None) -> list[dict[str, np.ndarray]]:
+  """`steps` training batches `{"src": [1, B, S], "tgt": [1, B, T]}` planned as training
+  plans them, from examples drawn from the stored length distribution."""
+  rng = np.random.default_rng(seed)
+  src_all, tgt_all, _ = length_pairs()
+  pick = rng.integers(0, len(src_all), batch * steps)
+  s_len, t_len = src_all[pick], tgt_all[pick]
+  if max_source_len:
+    s_len = np.minimum(s_len, max_source_len)
+  plan = batches_lib.plan_batches(s_len, t_len, batch, seed, 0)
+  out = []
+  for idx in plan[:steps]:
+    src = [np.concatenate([rng.integers(3, vocab, n - 1), [1]]).astype(np.int32)
+           for n in s_len[idx]]
+    tgt = [np.concatenate([rng.integers(3, vocab, n - 1), [1]]).astype(np.int32)
+           for n in t_len[idx]]
+    s_pad, t_pad = batches_lib.padded_lengths(s_len[idx], t_len[idx])
+    out.append({"src": padding.pad_stack(src, s_pad)[None],
+                "tgt": padding.pad_stack(tgt, t_pad)[None]})
+  return out
+
+
+def matmul_probe(n: int = 2048, repeats: int = 5) -> float:
+  """The machine's fp32 matmul rate right now, GFLOP/s (jitted n^3 product, best of `repeats`)."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  best = min(_timed(lambda: f(a).block_until_ready()) for _ in range(repeats))
+  return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+  t0 = time.perf_counter()
+  fn()
+  return time.perf_counter() - t0
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  return float(cost.get("flops", 0.0))
+
+
+def setup(shape: str, batch_size: int = 0, dtype: str = ""):
+  """(model, state, jitted step, state shardings, mesh, batch, config) for a shape."""
+  if shape == "t5small_ref":
+    model_cfg = t5_small(dtype=dtype or "float32")
+    train_cfg = ml_collections.ConfigDict(dict(
+        learning_rate=1e-3, warmup_frac=0.01, weight_decay=1e-7, grad_clip=1.0,
+        label_smoothing=0.0, batch_size=batch_size or 64))
+  else:
+    c = preset(shape)
+    _, _, vocab = length_pairs()
+    model_c = c.model
+    if dtype:
+      model_c = ml_collections.ConfigDict(c.model.to_dict())
+      model_c.dtype = dtype
+    model_cfg = t5.T5Config.from_config(model_c, vocab)
+    train_cfg = c.train
+    batch_size = batch_size or (PAPER_CPU_BATCH if shape == "paper" else c.train.batch_size)
+  model = t5.T5(model_cfg)
+  params = t5.init_params(model_cfg, jax.random.key(0))
+  tx, schedule = step_lib.make_optimizer(train_cfg, total_steps=1000)
   mesh = sharding.make_mesh("data", jax.devices()[:1])
   replicated = sharding.replicated(mesh)
   state = step_lib.init_state(params, tx)
   state_sh = jax.tree.map(lambda _: replicated, state)
   state = jax.device_put(state, state_sh)
   batch_sh = {k: sharding.batch_sharding(mesh, 1, 3) for k in ("src", "tgt")}
-  step_fn = step_lib.jit_train_step(step_lib.make_train_step(model, tx, schedule),
-                                    state_sh, batch_sh, replicated)
+  step_fn = step_lib.jit_train_step(
+      step_lib.make_train_step(model, tx, schedule, dropout=model_cfg.dropout_rate > 0,
+                               label_smoothing=float(train_cfg.get("label_smoothing", 0.0))),
+      state_sh, batch_sh, replicated)
+  return model, state, step_fn, mesh, batch_size, train_cfg
+
+
+def breakdown(model, state, batch, key, tx_cfg) -> dict[str, float]:
+  """Seconds of the step's pieces at one batch shape (each jitted alone, best of 3)."""
+  src, tgt = jnp.asarray(batch["src"][0]), jnp.asarray(batch["tgt"][0])
+  params = state.params
+
+  def loss(p, deterministic):
+    s, n = step_lib.nll_sum(model, p, src, tgt, rng=None if deterministic else key)
+    return s / n
+
+  tx, _ = step_lib.make_optimizer(tx_cfg, 1000)
+  grads = jax.grad(lambda p: loss(p, True))(params)
+  pieces = {
+      "encoder_forward": jax.jit(lambda p: model.apply(p, src, method=model.encode)),
+      "forward": jax.jit(lambda p: loss(p, False)),
+      "forward_backward": jax.jit(jax.grad(lambda p: loss(p, False))),
+      "forward_backward_no_dropout": jax.jit(jax.grad(lambda p: loss(p, True))),
+      "optimizer_update": jax.jit(lambda g, o, p: tx.update(g, o, p)),
+  }
+  args = {"optimizer_update": (grads, state.opt_state, params)}
+  out = {}
+  for name, fn in pieces.items():
+    a = args.get(name, (params,))
+    jax.block_until_ready(fn(*a))
+    out[name] = min(_timed(lambda: jax.block_until_ready(fn(*a))) for _ in range(3))
+  return out
+
+
+def main(argv):
+  del argv
+  shape = _SHAPE.value
+  model, state, step_fn, mesh, batch_size, train_cfg = setup(shape, _BATCH.value, _DTYPE.value)
+  cfg = model.config
   rng = np.random.default_rng(0)
-  batches = [sharding.global_batch(random_batch(rng, _BATCH.value, _SRC.value, _TGT.value),
-                                   mesh, batch_dim=1) for _ in range(steps)]
+  if shape == "t5small_ref":
+    host = [random_batch(rng, batch_size, 128, 6) for _ in range(_STEPS.value)]
+  else:
+    host = planned_batches(batch_size, _STEPS.value, cfg.vocab_size)
+  batches = [sharding.global_batch(b, mesh, batch_dim=1) for b in host]
+  replicated = sharding.replicated(mesh)
   key = jax.device_put(jax.random.key(1), replicated)
-  n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
-  print(f"t5-small: {n_params / 1e6:.1f}M parameters, vocabulary {config.vocab_size}, "
-        f"batch {_BATCH.value} x src {_SRC.value} / tgt {_TGT.value}, {config.dtype}, "
-        f"{jax.device_count()} device(s) seen, mesh of 1")
-  times, cpu_times, losses = [], [], []
+  n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+  shapes = collections.Counter((b["src"].shape[2], b["tgt"].shape[2]) for b in host)
+  print(f"shape {shape}: d_model {cfg.d_model}, {cfg.num_encoder_layers}+"
+        f"{cfg.num_decoder_layers} layers, {n_params / 1e6:.2f}M parameters, vocabulary "
+        f"{cfg.vocab_size}, batch {batch_size}, dropout {cfg.dropout_rate}, {cfg.dtype}; "
+        f"{len(shapes)} bucket shapes (source x target: "
+        + ", ".join(f"{s}x{t}: {n}" for (s, t), n in sorted(shapes.items())) + ")", flush=True)
+  real = sum(int((b["src"] != 0).sum() + (b["tgt"] != 0).sum()) for b in host)
+  padded = sum(b["src"].size + b["tgt"].size for b in host)
+  src_pad = 1 - sum(int((b["src"] != 0).sum()) for b in host) / sum(b["src"].size for b in host)
+  tgt_pad = 1 - sum(int((b["tgt"] != 0).sum()) for b in host) / sum(b["tgt"].size for b in host)
+  # Compile every bucket shape (untimed), counting its FLOPs.
+  flops_of, t0 = {}, time.perf_counter()
+  for b in host:
+    k = (b["src"].shape[2], b["tgt"].shape[2])
+    if k not in flops_of:
+      g = sharding.global_batch(b, mesh, batch_dim=1)
+      flops_of[k] = _flops(step_fn.lower(state, g, key).compile())
+      state, m = step_fn(state, g, key)
+      jax.block_until_ready(m)
+  compile_s = time.perf_counter() - t0
   load_before = os.getloadavg()
-  for i, batch in enumerate(batches):
-    start, cpu_start = time.perf_counter(), time.process_time()
-    state, metrics = step_fn(state, batch, key)
-    loss = float(metrics["loss"])  # Waits for the step.
-    secs, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    losses.append(loss)
-    if i >= _WARMUP.value:
-      times.append(secs)
-      cpu_times.append(cpu)
-    print(f"step {i}{' (warm-up)' if i < _WARMUP.value else ''}: {secs:.2f} s "
-          f"(CPU {cpu:.2f} s), loss {loss:.3f}", flush=True)
-  median = float(np.median(times))
-  rate = _BATCH.value / median
-  load = os.getloadavg()
-  print(f"train step: {median:.2f} s median (min {min(times):.2f}) over {len(times)} steps = "
-        f"{rate:.2f} examples/s; CPU {np.median(cpu_times):.2f} s/step; peak RSS {peak_rss_gib():.2f} GiB; load average "
-        f"{load_before[0]:.2f} before, {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} after")
+  probe_before = matmul_probe()
+  times = []
+  t_all = time.perf_counter()
+  for b in batches:
+    t = time.perf_counter()
+    state, metrics = step_fn(state, b, key)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t)
+  wall = time.perf_counter() - t_all
+  probe_after = matmul_probe()
+  probe = (probe_before + probe_after) / 2
+  total_flops = sum(flops_of[(b["src"].shape[2], b["tgt"].shape[2])] for b in host)
+  rate = batch_size * len(batches) / wall
+  gflops = total_flops / wall / 1e9
+  out = {
+      "shape": shape, "batch_size": batch_size, "steps": len(batches),
+      "examples_per_s": rate, "sec_per_step": wall / len(batches),
+      "sec_per_step_median": float(np.median(times)),
+      "step_gflop_mean_xla": total_flops / len(batches) / 1e9,
+      "achieved_gflop_per_s": gflops, "matmul_probe_gflop_per_s": probe,
+      "matmul_probe_before_after": [probe_before, probe_after],
+      "fraction_of_matmul_rate": gflops / probe,
+      "padding_fraction": {"tokens": 1 - real / padded, "source": src_pad, "target": tgt_pad},
+      "compile_s": compile_s, "parameters": int(n_params), "peak_rss_gib": peak_rss_gib(),
+      "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""), "loss_last": float(metrics["loss"]),
+  }
+  print(f"train step ({shape}): {rate:.1f} examples/s, {wall / len(batches):.3f} s/step "
+        f"(median {np.median(times):.3f}) over {len(batches)} steps; "
+        f"{out['step_gflop_mean_xla']:.2f} GFLOP/step (XLA's count) = {gflops:.1f} GFLOP/s; "
+        f"matmul probe {probe_before:.1f} / {probe_after:.1f} GFLOP/s -> "
+        f"{100 * gflops / probe:.0f}% of the machine's rate; padding: "
+        f"{100 * src_pad:.0f}% of source, {100 * tgt_pad:.0f}% of target tokens; "
+        f"load {load_before[0]:.2f} -> {out['loadavg_after'][0]:.2f}", flush=True)
+  if _BREAKDOWN.value:
+    common = shapes.most_common(1)[0][0]
+    b = next(x for x in host if (x["src"].shape[2], x["tgt"].shape[2]) == common)
+    parts = breakdown(model, state, b, key, train_cfg)
+    out["breakdown_shape"] = list(common)
+    out["breakdown_s"] = parts
+    print(f"breakdown at {common[0]}x{common[1]}: "
+          + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in parts.items()), flush=True)
   if _JSON.value:
-    with open(_JSON.value, "w") as f:
-      json.dump({"examples_per_s": rate, "peak_rss_gib": peak_rss_gib(),
-                 "sec_per_step": median, "sec_per_step_min": min(times),
-                 "cpu_sec_per_step": float(np.median(cpu_times)),
-                 "loadavg_before": load_before, "loadavg_after": load,
-                 "losses": losses}, f, indent=2)
+    pathlib.Path(_JSON.value).write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

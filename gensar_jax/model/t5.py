@@ -280,9 +280,11 @@ class Attention(nn.Module):
     return w.astype(self.config.compute_dtype)
 
   def __call__(
-      self, xq_BxQxD: jax.Array, xkv_BxKxD: jax.Array, bias: jax.Array, deterministic: bool
+      self, xq_BxQxD: jax.Array, xkv_BxKxD: jax.Array, bias, deterministic: bool
   ) -> jax.Array:
-    """Full-sequence attention; `bias` broadcasts to `[B, H, Q, K]` (float32).
+    """Full-sequence attention; `bias` broadcasts to `[B, H, Q, K]` (float32), or is a
+    tuple of such terms added in order (the encoder passes its position bias `[1, H, S,
+    S]` and padding mask `[B, 1, 1, S]` apart, so no `[B, H, S, S]` sum is stored).
 
     Heads are moved next to the batch axis before the two batched matmuls (XLA:CPU
     runs `[B, H, ...]` operands much faster than heads in the middle).
@@ -291,7 +293,9 @@ class Attention(nn.Module):
     k, v = self.kv(xkv_BxKxD)
     k_BxHxKxK, v_BxHxKxK = _heads_first(k), _heads_first(v)
     logits = jnp.einsum("bhqd,bhkd->bhqk", q_BxHxQxK, k_BxHxKxK,
-                        preferred_element_type=jnp.float32) + bias
+                        preferred_element_type=jnp.float32)
+    for term in (bias if isinstance(bias, tuple) else (bias,)):
+      logits = logits + term
     w_BxHxQxK = self.weights(logits, deterministic)
     o_BxHxQxK = jnp.einsum("bhqk,bhkd->bhqd", w_BxHxQxK, v_BxHxKxK)
     return self.merge(jnp.swapaxes(o_BxHxQxK, 1, 2))
@@ -303,11 +307,12 @@ class EncoderLayer(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, x_BxSxD, bias_BxHxSxS, deterministic):
+  def __call__(self, x_BxSxD, bias, deterministic):
+    """`bias`: terms that add up to `[B, H, S, S]` (see `Attention`)."""
     c = self.config
     drop = Dropout(c.dropout_rate)
     y = RMSNorm(c, name="pre_attention_norm")(x_BxSxD)
-    y = Attention(c, name="attention")(y, y, bias_BxHxSxS, deterministic)
+    y = Attention(c, name="attention")(y, y, bias, deterministic)
     x_BxSxD = x_BxSxD + drop(y, deterministic=deterministic)
     y = FeedForward(c, name="mlp")(RMSNorm(c, name="pre_mlp_norm")(x_BxSxD), deterministic)
     return x_BxSxD + drop(y, deterministic=deterministic)
@@ -393,11 +398,14 @@ class Encoder(nn.Module):
                       embedding_init=_normal(c.d_model**-0.5), param_dtype=jnp.float32,
                       name="relpos_bias")
     bias_HxSxS = jnp.transpose(relpos(buckets_SxS), (2, 0, 1)).astype(jnp.float32)
-    bias_BxHxSxS = bias_HxSxS[None] + _mask_bias(src_mask_BxS)[:, None, None, :]
+    # Position bias and padding mask stay apart: each layer adds both to its logits in
+    # one fused pass instead of reading a stored [B, H, S, S] sum (the same logits:
+    # a mask term of 0 adds exactly nothing, a masked key gets zero weight either way).
+    bias = (bias_HxSxS[None], _mask_bias(src_mask_BxS)[:, None, None, :])
     drop = Dropout(c.dropout_rate)
     x = drop(x_BxSxD, deterministic=deterministic)
     for i in range(c.num_encoder_layers):
-      x = EncoderLayer(c, name=f"layer_{i}")(x, bias_BxHxSxS, deterministic)
+      x = EncoderLayer(c, name=f"layer_{i}")(x, bias, deterministic)
     x = RMSNorm(c, name="final_norm")(x)
     return drop(x, deterministic=deterministic)
 

@@ -5,8 +5,8 @@ a seeded permutation, cut into chunks of `GROUP_BATCHES` batches, each chunk sor
 (target bucket, source length) and cut into batches, then the batch order shuffled.
 Similar lengths share a batch (little padding) while batch composition still varies
 between epochs. A batch is padded to the smallest bucket length holding its longest
-source/target (`gensar_jax.padding`), so the jitted step compiles once per (source,
-target) bucket pair.
+source/target (`padded_lengths`: `padding.TRAIN_SOURCE_BUCKETS`, `TARGET_BUCKETS`), so
+the jitted step compiles once per (source, target) bucket pair.
 
 The plan is a pure function of (seed, epoch, lengths), the same on every process;
 each process materialises only its rows of every global batch. A grain
@@ -24,6 +24,7 @@ from gensar_jax.padding import bucket_length
 from gensar_jax.padding import pad_stack
 from gensar_jax.padding import SOURCE_BUCKETS
 from gensar_jax.padding import TARGET_BUCKETS
+from gensar_jax.padding import TRAIN_SOURCE_BUCKETS
 
 GROUP_BATCHES = 32  # Batches per length-sorted chunk.
 
@@ -51,6 +52,12 @@ def plan_batches(
     return np.zeros((0, global_batch), np.int64)
   plan = np.stack(batches)
   return plan[rng.permutation(len(plan))]
+
+
+def padded_lengths(src_len: np.ndarray, tgt_len: np.ndarray) -> tuple[int, int]:
+  """(source, target) lengths a global batch with these example lengths is padded to."""
+  return (bucket_length(int(np.max(src_len)), TRAIN_SOURCE_BUCKETS),
+          bucket_length(int(np.max(tgt_len)), TARGET_BUCKETS))
 
 
 class EpochBatches:
@@ -85,8 +92,7 @@ class EpochBatches:
 
   def _collate(self, idx_G: np.ndarray) -> dict[str, np.ndarray]:
     # Padded lengths come from the whole global batch, so every process agrees.
-    s_len = bucket_length(int(self.src_len[idx_G].max()), SOURCE_BUCKETS)
-    t_len = bucket_length(int(self.tgt_len[idx_G].max()), TARGET_BUCKETS)
+    s_len, t_len = padded_lengths(self.src_len[idx_G], self.tgt_len[idx_G])
     mine = idx_G[self.rows]
     src = pad_stack([self.src[i] for i in mine], s_len)
     tgt = pad_stack([self.tgt[i] for i in mine], t_len)
