@@ -7,6 +7,8 @@ the kinds in order) is derived from `TASK_KINDS` here.
 
 from gensar_jax import tokens
 
+# The two ranking tasks, in the order every table and loop uses (the one copy).
+TASKS: tuple[str, ...] = ("recommendation", "search")
 # task -> (identifier kind, behaviour token that precedes an item in that task's context)
 TASK_KINDS: dict[str, tuple[str, str]] = {
     "search": ("semantic", tokens.SEARCH_ITEM),

@@ -71,3 +71,16 @@ def test_popularity_alignment_measures_how_far_scores_follow_popularity():
   assert ndcg[0.0] < 0.01 < ndcg[1.0] < 0.3 < 0.95 < ndcg[2.0]  # (ties with other pop-0 items)
   against = experiments.popularity_alignment(-np.log1p(pop), pop)
   np.testing.assert_allclose(against["spearman"], -1.0, atol=1e-3)  # (ties break by position)
+
+
+def test_prior_weight_is_chosen_by_ndcg_on_the_given_rows():
+  from gensar_jax import experiments  # pylint: disable=g-import-not-at-top
+
+  # The positive (column 0) is the least popular candidate; the scores follow popularity
+  # plus a small edge for the positive: removing the prior with weight >= 1 ranks it first.
+  log_prior = np.tile(np.array([0.0, 1.0, 2.0, 3.0]), (5, 1))
+  scores = log_prior.copy()
+  scores[:, 0] += 0.5
+  beta, by_beta = experiments.choose_prior_weight(scores, log_prior, (0.0, 0.5, 1.0, 2.0))
+  assert by_beta[0.0] < by_beta[1.0] == 1.0
+  assert beta == 1.0  # The smallest weight with the best NDCG@10.

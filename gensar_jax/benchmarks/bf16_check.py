@@ -34,6 +34,7 @@ from absl import flags
 
 from gensar_jax import atomic
 from gensar_jax import metrics as metrics_lib
+from gensar_jax import task_kinds
 from gensar_jax.evaluation import outputs as eval_outputs
 from gensar_jax.train import logging_utils
 
@@ -50,7 +51,7 @@ def define_flags() -> None:
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DTYPES = ("float32", "bfloat16")
-TASKS = ("recommendation", "search")
+TASKS = task_kinds.TASKS  # The one copy (re-exported for readers of this module).
 UPSTREAM = "data,embed,identifiers,doc2query"
 
 

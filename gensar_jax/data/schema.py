@@ -18,7 +18,9 @@ import dataclasses
 
 import numpy as np
 
-TASKS = ("recommendation", "search")
+from gensar_jax import task_kinds
+
+TASKS = task_kinds.TASKS  # The one copy (re-exported for readers of this module).
 SPLITS = ("train", "validation", "test")
 
 KIND_PAD = 0  # No history entry.

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -180,6 +180,16 @@ def prefix(decoder, cross, src_mask_BxS, num_levels: int, *, first_token: int | 
   return hidden, cache, base_B
 
 
+class BeamState(NamedTuple):
+  """The W partial identifiers of every example between two levels of the search."""
+
+  cache: Any  # the decoder's self-attention cache, one copy per beam
+  token_BxW: jax.Array  # the token each beam feeds the decoder next
+  node_BxW: jax.Array  # its node in the trie
+  scores_BxW: jax.Array  # its log-probability so far (-inf: dead)
+  alive_BxW: jax.Array  # whether it is a valid prefix
+
+
 def search(
     decoder: Decoder,
     cross: Any,
@@ -232,28 +242,26 @@ def search(
   token_BxW = token_ids_LxK[0][code_BxW]
   cache = widen(cache, w)
 
-  def step(level, carry):
-    cache, token_BxW, node_BxW, scores_BxW, alive_BxW = carry
+  def step(level, beams: BeamState) -> BeamState:
     hidden_BxWxD, cache = decoder.decode_step(
-        token_BxW, offset + level - 1, cache, cross, src_mask_BxS)
-    child_BxWxK = children(next_TxMxK, node_BxW)
-    allowed_BxWxK = (child_BxWxK >= 0) & alive_BxW[:, :, None]
+        beams.token_BxW, offset + level - 1, beams.cache, cross, src_mask_BxS)
+    child_BxWxK = children(next_TxMxK, beams.node_BxW)
+    allowed_BxWxK = (child_BxWxK >= 0) & beams.alive_BxW[:, :, None]
     ids_K = token_ids_LxK[level]
     logp_BxWxK = level_logprobs(decoder, hidden_BxWxD, ids_K, allowed_BxWxK, score)
-    cand_BxWK = (scores_BxW[:, :, None] + logp_BxWxK).reshape(batch, w * k)
+    cand_BxWK = (beams.scores_BxW[:, :, None] + logp_BxWxK).reshape(batch, w * k)
     scores_BxW, flat_BxW = jax.lax.top_k(cand_BxWK, w)
     alive_BxW = scores_BxW > -jnp.inf
     child_BxW = jnp.take_along_axis(child_BxWxK.reshape(batch, w * k), flat_BxW, 1)
-    node_BxW = jnp.where(alive_BxW, child_BxW, 0)
-    token_BxW = ids_K[flat_BxW % k]
-    cache = _reorder(cache, flat_BxW // k)
-    return cache, token_BxW, node_BxW, scores_BxW, alive_BxW
+    return BeamState(cache=_reorder(cache, flat_BxW // k), token_BxW=ids_K[flat_BxW % k],
+                     node_BxW=jnp.where(alive_BxW, child_BxW, 0), scores_BxW=scores_BxW,
+                     alive_BxW=alive_BxW)
 
-  carry = (cache, token_BxW, node_BxW, scores_BxW, alive_BxW)
-  carry = jax.lax.fori_loop(1, num_levels, step, carry)
-  _, _, node_BxW, scores_BxW, alive_BxW = carry
-  items_BxW = jnp.where(alive_BxW, node_BxW, -1)
-  return items_BxW, jnp.where(alive_BxW, scores_BxW, -jnp.inf)
+  beams = BeamState(cache, token_BxW, node_BxW, scores_BxW, alive_BxW)
+  beams = jax.lax.fori_loop(1, num_levels, step, beams)
+  items_BxW = jnp.where(beams.alive_BxW, beams.node_BxW, -1)
+  return items_BxW, jnp.where(beams.alive_BxW, beams.scores_BxW, -jnp.inf)
+
 
 
 @dataclasses.dataclass(frozen=True)

@@ -121,5 +121,7 @@ def run(config, ctx: context.StageContext) -> dict:
   atomic.write_text_atomic(ctx.dir / RESULTS_MD, markdown + "\n")
   atomic.write_json_atomic(ctx.dir / RESULTS_JSON, {"methods": entries})
   written = [RESULTS_MD, RESULTS_JSON] + drawn
-  print(markdown, flush=True)
+  # The numbers were printed by eval; the console gets where the tables and plots are.
+  print(f"report: {ctx.dir / RESULTS_MD} ({len(entries)} methods; GenSAR paired against "
+        f"every baseline)" + (f", plots: {', '.join(drawn)}" if drawn else ""), flush=True)
   return {"methods": [e["method"] for e in entries], "files": written}

@@ -13,9 +13,11 @@ import json
 import pathlib
 from collections.abc import Mapping, Sequence
 
+from gensar_jax import task_kinds
+
 CURVE_JSON = "curve.json"
 CURVE_PNG = "curve.png"
-TASKS = ("recommendation", "search")
+TASKS = task_kinds.TASKS  # The one copy (re-exported for readers of this module).
 
 
 def points(history: Sequence[Mapping]) -> dict:
