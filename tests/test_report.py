@@ -172,3 +172,29 @@ def test_training_plot_is_linear_with_validation_error_bars_or_says_too_few():
   assert len(val_ax.containers) == 2 and val_ax.get_legend() is not None
   one = plots.training_figure(history + val[:1])
   assert any("too few points" in t.get_text() for t in one.axes[1].texts)
+
+
+def test_ablation_rows_get_a_paired_test_against_the_full_model(tmp_path):
+  from gensar_jax import metrics as m  # pylint: disable=g-import-not-at-top
+  from gensar_jax.evaluation import outputs  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(3)
+  _write_run(tmp_path, rng)
+  abl = tmp_path / "ablations" / "no_behaviour_tokens"
+  _write_run(abl, rng, False)
+  full = rng.integers(1, 30, 200).astype(float)
+  better = np.maximum(full - 3, 1)  # The ablation ranks every target higher or equal.
+  outputs.save(tmp_path / "eval", json.loads((tmp_path / "eval" / "metrics.json").read_text()),
+               {"gensar/search/sampled": full})
+  outputs.save(abl / "eval", json.loads((abl / "eval" / "metrics.json").read_text()),
+               {"gensar/search/sampled": better})
+  tests = tables.ablation_tests(tmp_path)
+  want = m.paired_test(better, full, "ndcg@10")
+  assert tests["no_behaviour_tokens"]["search"]["sampled"] == want and want["mean_diff"] > 0
+  ctx = pipeline.StageContext(tmp_path, "report")
+  ctx.dir.mkdir()
+  report_stage.run(_config(), ctx)
+  md = (ctx.dir / "results.md").read_text()
+  assert (f"| no_behaviour_tokens | search | 100 candidates | {want['mean_diff']:+.4f} ± "
+          f"{want['se_diff']:.4f} | {want['p']:.2g} |") in md
+  assert "seed spread" in md

@@ -117,7 +117,8 @@ def run(config, ctx: context.StageContext) -> dict:
         drawn.append(name)
   markdown = tables.to_markdown(
       entries, title, main.get("tests"), agreement, main.get("tests_by_baseline"),
-      header=settings_lines(config, ctx, main, {n: PLOT_LINES[n] for n in drawn}))
+      header=settings_lines(config, ctx, main, {n: PLOT_LINES[n] for n in drawn}),
+      ablations=tables.ablation_tests(ctx.workdir))
   atomic.write_text_atomic(ctx.dir / RESULTS_MD, markdown + "\n")
   atomic.write_json_atomic(ctx.dir / RESULTS_JSON, {"methods": entries})
   written = [RESULTS_MD, RESULTS_JSON] + drawn

@@ -60,6 +60,37 @@ def collect(workdir: pathlib.Path) -> list[dict]:
   return entries
 
 
+# What one training seed alone moves (README *Experiments*: three seeds of the 500-step
+# Office control, same data and identifiers): an ablation's difference within it is not
+# evidence either way.
+SEED_SPREAD = ("validation NDCG@10 s.d. over training seeds: recommendation 0.006, search "
+               "0.017 (one seed moved search by 0.030)")
+
+
+def ablation_tests(workdir: pathlib.Path, key: str = "ndcg@10") -> dict[str, dict]:
+  """Each ablation run against the full model on the same test rows: {ablation: {task:
+  {protocol: paired t-test of `key`}}} (ablation − full), from both runs' `ranks.npz`."""
+  workdir = pathlib.Path(workdir)
+  ablations = workdir / "ablations"
+  main_dir = workdir / eval_outputs.STAGE
+  if not ablations.is_dir() or not (main_dir / eval_outputs.RANKS_FILE).exists():
+    return {}
+  full = eval_outputs.read_ranks(main_dir)
+  out: dict[str, dict] = {}
+  for sub in sorted(p for p in ablations.iterdir() if p.is_dir()):
+    eval_dir = sub / eval_outputs.STAGE
+    if not (eval_dir / eval_outputs.RANKS_FILE).exists():
+      continue
+    mine = eval_outputs.read_ranks(eval_dir)
+    for task in schema.TASKS:
+      for protocol in PROTOCOLS:
+        name = f"gensar/{task}/{protocol}"
+        if name in mine and name in full and len(mine[name]) == len(full[name]):
+          out.setdefault(sub.name, {}).setdefault(task, {})[protocol] = (
+              metrics_lib.paired_test(mine[name], full[name], key))
+  return out
+
+
 def _fmt(value) -> str:
   return f"{value:.4f}" if isinstance(value, (int, float)) else "–"
 
@@ -73,7 +104,8 @@ def cell(m: Mapping, key: str) -> str:
 def to_markdown(entries: list[dict], title: str = "Results", tests: Mapping | None = None,
                 agreement: Mapping | None = None,
                 tests_by_baseline: Mapping | None = None,
-                header: list[str] | None = None) -> str:
+                header: list[str] | None = None,
+                ablations: Mapping | None = None) -> str:
   """One Markdown table per task and protocol: HR@1/5/10, NDCG@5/10 (± standard error
   over rows), examples; then GenSAR's paired tests (against the best baseline, and
   against every baseline when given) and beam/exact agreement if given. `header`: lines
@@ -113,8 +145,22 @@ def to_markdown(entries: list[dict], title: str = "Results", tests: Mapping | No
           lines.append(f"| {task} | {mode} | {baseline_name(key)} | {t['mean_diff']:+.4f} ± "
                        f"{t['se_diff']:.4f} | {t['p']:.2g} |")
     lines.append("")
+  if ablations:
+    lines += ["## Ablations vs the full model (paired t-test on NDCG@10, same test rows)", "",
+              f"Read against the seed spread: {SEED_SPREAD}.", "",
+              "| ablation | task | protocol | ablation − full | p |", "|---|---|---|---|---|"]
+    for name, per_task in ablations.items():
+      for task, per_mode in per_task.items():
+        for mode, t in per_mode.items():
+          lines.append(f"| {name} | {task} | {_PROTOCOL_TITLES[mode].split(' (')[0]} | "
+                       f"{t['mean_diff']:+.4f} ± {t['se_diff']:.4f} | {t['p']:.2g} |")
+    lines.append("")
   if agreement:
     lines += ["## Beam search vs exact ranking (100 candidates)", "",
+              "Share of test rows where the beam's top 10 equals the exact ranking's top 10, "
+              "where both put the same item first, and where the target gets the same rank "
+              "(beam search ranks only what stays in its beam, so a target outside it "
+              "counts as a different rank).", "",
               "| task | beam top 10 = exact top 10 | same top 1 | same target rank |",
               "|---|---|---|---|"]
     for task, a in agreement.items():
