@@ -91,6 +91,16 @@ def ablation_tests(workdir: pathlib.Path, key: str = "ndcg@10") -> dict[str, dic
   return out
 
 
+def _paired_table(title: str, columns: tuple[str, ...], rows, note: str = "") -> list[str]:
+  """A Markdown section of paired t-tests: `rows` are (leading cells, paired_test dict)."""
+  lines = [f"## {title}", ""] + ([note, ""] if note else [])
+  lines += ["| " + " | ".join(columns) + " | p |", "|---" * (len(columns) + 1) + "|"]
+  for cells, t in rows:
+    lines.append("| " + " | ".join(cells) + f" | {t['mean_diff']:+.4f} ± {t['se_diff']:.4f} | "
+                 f"{t['p']:.2g} |")
+  return lines + [""]
+
+
 def _fmt(value) -> str:
   return f"{value:.4f}" if isinstance(value, (int, float)) else "–"
 
@@ -128,33 +138,26 @@ def to_markdown(entries: list[dict], title: str = "Results", tests: Mapping | No
                      + f" | {m.get('count', '–')} |")
       lines.append("")
   if tests:
-    lines += ["## GenSAR vs the best baseline (paired t-test on NDCG@10, same rows)", "",
-              "| task | protocol | baseline | GenSAR − baseline | p |", "|---|---|---|---|---|"]
-    for task, per_mode in tests.items():
-      for mode, t in per_mode.items():
-        name = baseline_name(t["versus"])
-        lines.append(f"| {task} | {mode} | {name} | {t['mean_diff']:+.4f} ± "
-                     f"{t['se_diff']:.4f} | {t['p']:.2g} |")
-    lines.append("")
+    lines += _paired_table(
+        "GenSAR vs the best baseline (paired t-test on NDCG@10, same rows)",
+        ("task", "protocol", "baseline", "GenSAR − baseline"),
+        [((task, mode, baseline_name(t["versus"])), t)
+         for task, per_mode in tests.items() for mode, t in per_mode.items()])
   if tests_by_baseline:
-    lines += ["## GenSAR vs every baseline (paired t-test on NDCG@10, same rows)", "",
-              "| task | protocol | baseline | GenSAR − baseline | p |", "|---|---|---|---|---|"]
-    for task, per_mode in tests_by_baseline.items():
-      for mode, per_baseline in per_mode.items():
-        for key, t in per_baseline.items():
-          lines.append(f"| {task} | {mode} | {baseline_name(key)} | {t['mean_diff']:+.4f} ± "
-                       f"{t['se_diff']:.4f} | {t['p']:.2g} |")
-    lines.append("")
+    lines += _paired_table(
+        "GenSAR vs every baseline (paired t-test on NDCG@10, same rows)",
+        ("task", "protocol", "baseline", "GenSAR − baseline"),
+        [((task, mode, baseline_name(key)), t)
+         for task, per_mode in tests_by_baseline.items()
+         for mode, per_baseline in per_mode.items() for key, t in per_baseline.items()])
   if ablations:
-    lines += ["## Ablations vs the full model (paired t-test on NDCG@10, same test rows)", "",
-              f"Read against the seed spread: {SEED_SPREAD}.", "",
-              "| ablation | task | protocol | ablation − full | p |", "|---|---|---|---|---|"]
-    for name, per_task in ablations.items():
-      for task, per_mode in per_task.items():
-        for mode, t in per_mode.items():
-          lines.append(f"| {name} | {task} | {_PROTOCOL_TITLES[mode].split(' (')[0]} | "
-                       f"{t['mean_diff']:+.4f} ± {t['se_diff']:.4f} | {t['p']:.2g} |")
-    lines.append("")
+    lines += _paired_table(
+        "Ablations vs the full model (paired t-test on NDCG@10, same test rows)",
+        ("ablation", "task", "protocol", "ablation − full"),
+        [((name, task, _PROTOCOL_TITLES[mode].split(" (")[0]), t)
+         for name, per_task in ablations.items() for task, per_mode in per_task.items()
+         for mode, t in per_mode.items()],
+        note=f"Read against the seed spread: {SEED_SPREAD}.")
   if agreement:
     lines += ["## Beam search vs exact ranking (100 candidates)", "",
               "Share of test rows where the beam's top 10 equals the exact ranking's top 10, "
