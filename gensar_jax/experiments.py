@@ -322,7 +322,7 @@ def popularity(workdir: str | pathlib.Path) -> dict:
   return out
 
 
-PRIOR_BETAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)  # Grid of prior weights.
+PRIOR_BETAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0)  # Prior weights tried.
 
 
 def choose_prior_weight(scores_RxC: np.ndarray, log_prior_RxC: np.ndarray,
