@@ -433,14 +433,13 @@ def run_stage(config: ml_collections.ConfigDict, workdir: pathlib.Path, name: st
   return summary
 
 
-PREVIOUS_SUFFIX = ".previous"
-_RAN = "_ran"  # Marks the summary `run_stage` returns when it ran the stage.  # A stage's finished outputs while a rerun replaces them.
+PREVIOUS_SUFFIX = ".previous"  # A stage's finished outputs while a rerun replaces them.
+_RAN = "_ran"  # Marks the summary `run_stage` returns when it ran the stage.
 
 
 def _finished_as(stage_dir: pathlib.Path, fp: str) -> bool:
   """Whether `stage_dir` holds finished outputs with fingerprint `fp`."""
-  done = stage_dir / _DONE
-  return done.exists() and done.read_text().strip() == fp
+  return _done_text(stage_dir.parent, stage_dir.name) == fp
 
 
 @contextlib.contextmanager
@@ -451,16 +450,15 @@ def _preemptible(name: str):
   the stage's name here too. Outside the main thread signals cannot be caught.
   """
   def handler(signum, frame):  # pylint: disable=unused-argument
-    raise Preempted(f"stopped by {signal.Signals(signum).name}")
+    raise Preempted(f"stopped by {signal.Signals(signum).name}; run the same command "
+                    "again to resume")
 
   installed = threading.current_thread() is threading.main_thread()
   before = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)} if installed else {}
   try:
     yield
-  except Preempted as e:
-    raise Preempted(f"stage {name}: {e}; run the same command again to resume"
-                    if "run the same command again" not in str(e)
-                    else f"stage {name}: {e}") from None
+  except Preempted as e:  # Every Preempted message says how to resume.
+    raise Preempted(f"stage {name}: {e}") from None
   except KeyboardInterrupt:
     raise Preempted(f"stage {name}: stopped by SIGINT; run the same command again to "
                     "resume") from None
@@ -494,7 +492,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Summar
 
 
 def _run_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
-                names: list[str]) -> dict[str, dict]:
+                names: list[str]) -> Summaries:
   """`run`, once the workdir's lock is held."""
   damaged = check_inputs(config, workdir, names)
   names = [s.name for s in STAGES if s.name in set(names) | set(damaged)]

@@ -343,8 +343,7 @@ def train(
           save(it.get_state(), best=True)
         if step % tc.checkpoint_every_steps == 0 or at_end or validate_now or stop["signal"]:
           save(it.get_state())
-        if stop["signal"]:
-          _close_quietly(ckpt, log, bar)
+        if stop["signal"]:  # `_closing_on_error` finishes the save before it propagates.
           raise Preempted(f"stopped by {stop['signal']} at step {step}; checkpoint saved in "
                           f"{train_dir}; run the same command again to resume")
         if at_end:
