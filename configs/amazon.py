@@ -166,6 +166,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # ------------------------------------------------------------- tasks (docs/design.md §4)
   c.tasks = tasks = ml_collections.ConfigDict()
   tasks.behaviour_tokens = True  # Write <R_I>, <S_Q>, <S_I> before history entries and targets.
+  # "instruction": the paper's instruction phrasings; "compact": no instruction words, only
+  # history entries, query, text or identifier and the behaviour token (a departure, issue 24).
+  tasks.prompt_style = "instruction"
+  # NRIP rows drawn with probability ~ (target item's count among NRIP training targets)^-b,
+  # with replacement: 1 = every target item equally often, 0 = uniform rows (the paper's).
+  tasks.nrip_popularity_power = 0.0
   tasks.num_phrasings = 10  # Instruction phrasings per task (one sampled per example).
   tasks.max_query_tokens = 64  # Token limit of one query.
   tasks.max_text_tokens = 256  # Token limit of item text.
@@ -188,6 +194,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   r.steps = 0 if paper else 2000  # Optimizer steps of the run, overriding epochs (0 = from epochs): equal compute on any dataset (cpu: study run G).
   r.grad_clip = 1.0  # Global gradient-norm clip.
   r.label_smoothing = 0.0  # Target weight spread uniformly over the vocabulary (0 = none, the paper's).
+  # Warm start (a departure, issue 24): before the mixture, this many steps of next-item
+  # prediction on the NRIP rows written as identifiers only (no instruction or query words;
+  # `TaskBuilder.warm_start_examples`), with its own schedule; 0 = off (the paper's).
+  r.warm_start_steps = 0
+  r.warm_start_minutes = 0.0  # Wall-clock budget of the warm start (0 = none).
+  r.warm_start_learning_rate = 1e-3  # Its peak AdamW learning rate (other settings as above).
   r.seed = 0  # Seed of the training alone (init, sampling, batch order; 0 = the master seed): repeats on the same data and identifiers.
   r.log_every_steps = 50  # Console/TensorBoard logging interval.
   r.checkpoint_every_steps = 1000 if paper else 200  # Orbax save interval.

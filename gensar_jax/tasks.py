@@ -121,6 +121,23 @@ PHRASINGS: dict[str, tuple[str, ...]] = {
 }
 MAX_PHRASINGS = min(len(p) for p in PHRASINGS.values())
 
+# `tasks.prompt_style = "compact"` (a departure from the paper, issue 24): no instruction
+# words; what is left (history entries, query, text, identifier and the closing behaviour
+# token) tells the tasks apart. One template per task, filled like `PHRASINGS`.
+COMPACT: dict[str, str] = {
+    "nrip": "{history}",
+    "nsip": "{history}; {query}",
+    "nsqp": "{history}",
+    "adhoc": "{query}",
+    "desc2id": "{text}",
+    "id2desc": "{identifier}",
+}
+PROMPT_STYLES = ("instruction", "compact")
+# The paper's style; also what configs saved before `tasks.prompt_style` existed mean.
+DEFAULT_PROMPT_STYLE = "instruction"
+# The warm start's examples (`TaskBuilder.warm_start_examples`), as `Example.task`.
+WARM_START_TASK = "warm_start"
+
 
 @dataclasses.dataclass(frozen=True)
 class Example:
@@ -183,6 +200,17 @@ class TaskBuilder:
     self.num_phrasings = int(tasks_config.num_phrasings)
     if not 1 <= self.num_phrasings <= MAX_PHRASINGS:
       raise ValueError(f"tasks.num_phrasings must be in [1, {MAX_PHRASINGS}]")
+    self.prompt_style = str(tasks_config.get("prompt_style", DEFAULT_PROMPT_STYLE))
+    if self.prompt_style not in PROMPT_STYLES:
+      raise ValueError(f"tasks.prompt_style must be one of {PROMPT_STYLES}, "
+                       f"got {self.prompt_style!r}")
+    if self.prompt_style == "compact" and not self.behaviour_tokens:
+      raise ValueError("tasks.prompt_style='compact' needs behaviour tokens: without "
+                       "instruction words they are what tells the tasks apart")
+    # Configs saved before the option read as 0 (it matters only for training).
+    self.nrip_popularity_power = float(tasks_config.get("nrip_popularity_power", 0.0))
+    if not self.nrip_popularity_power >= 0:
+      raise ValueError("tasks.nrip_popularity_power must be >= 0")
     self.max_query_words = int(tasks_config.max_query_tokens)
     self.max_text_words = int(tasks_config.max_text_tokens)
     self.shares = check_shares(dict(tasks_config.shares))
@@ -277,10 +305,14 @@ class TaskBuilder:
                                   query=self.query(query))
     raise ValueError(f"unknown task {task!r}")
 
+  def template(self, task: str, phrasing: int) -> str:
+    """The instruction template of a task: phrasing `phrasing`, or the compact one."""
+    return COMPACT[task] if self.prompt_style == "compact" else PHRASINGS[task][phrasing]
+
   def _history_prompt(self, task: str, phrasing: int, history: Sequence[str], behaviour: str,
                       **fields) -> prompts_lib.Prompt:
     """Phrasing `phrasing` of a behaviour task around its history, ending with `behaviour`."""
-    return prompts_lib.Prompt.around(PHRASINGS[task][phrasing], "history", history,
+    return prompts_lib.Prompt.around(self.template(task, phrasing), "history", history,
                                      suffix=self._suffix(behaviour), **fields)
 
   def _suffix(self, behaviour: str) -> str:
@@ -306,7 +338,7 @@ class TaskBuilder:
     return int(rng.integers(self.num_phrasings))
 
   def _phrase(self, task: str, rng: np.random.Generator, **fields) -> str:
-    return PHRASINGS[task][self._phrasing(rng)].format(**fields)
+    return self.template(task, self._phrasing(rng)).format(**fields)
 
   @staticmethod
   def _pick(rng: np.random.Generator, n_available: int, count: int) -> np.ndarray:
@@ -317,6 +349,20 @@ class TaskBuilder:
     if count >= n_available:
       return np.arange(n_available)
     return np.sort(rng.choice(n_available, size=count, replace=False))
+
+  def _pick_nrip(self, rng: np.random.Generator, rec: Mapping[str, np.ndarray],
+                 count: int) -> np.ndarray:
+    """The epoch's NRIP rows: `_pick` (uniform, without replacement), or with
+    `tasks.nrip_popularity_power` = b > 0, `count` rows drawn with replacement, row r with
+    probability proportional to n(item_r)^-b, n = the item's count among the NRIP training
+    targets: b = 1 makes every target item equally frequent in expectation, b = 0 is the
+    paper's uniform rows (a departure, issue 24: the target distribution flattened)."""
+    b = self.nrip_popularity_power
+    if b == 0 or count <= 0 or not len(rec["item"]):
+      return self._pick(rng, len(rec["item"]), count)
+    items = np.asarray(rec["item"], np.int64)
+    weight = np.bincount(items).astype(np.float64)[items] ** -b
+    return np.sort(rng.choice(len(items), size=count, replace=True, p=weight / weight.sum()))
 
   def available(self, train_rows: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, int]:
     """Rows/items each task can draw from."""
@@ -363,7 +409,7 @@ class TaskBuilder:
       return self.row_history(rows["history_kind"][r], rows["history_item"][r],
                               rows["history_query"][r])
 
-    for r in self._pick(rng, avail["nrip"], counts["nrip"]):
+    for r in self._pick_nrip(rng, rec, counts["nrip"]):
       src = self._history_prompt("nrip", self._phrasing(rng), hist(rec, r), tokens.REC_ITEM)
       out.append(Example("nrip", src, self.rec_item(rec["item"][r])))
     for r in self._pick(rng, avail["nsip"], counts["nsip"]):
@@ -392,12 +438,34 @@ class TaskBuilder:
         text = self._texts[item]
         if task == "desc2id":
           # An over-long description loses its last words, never the instruction.
-          src = prompts_lib.Prompt.around(PHRASINGS[task][self._phrasing(rng)], "text",
+          src = prompts_lib.Prompt.around(self.template(task, self._phrasing(rng)), "text",
                                           text.split(" "), sep=" ", drop="last")
           out.append(Example(task, src, ident))
         else:
           src = prompts_lib.Prompt(self._phrase(task, rng, identifier=ident))
           out.append(Example(task, src, text))
+    return out
+
+  def warm_start_examples(self, train_rows: Mapping[str, Mapping[str, np.ndarray]]
+                          ) -> list[Example]:
+    """The warm start's examples (`train.warm_start_steps`; issue 24): every NRIP training
+    row as identifiers only, no instruction and no query words.
+
+    Source: the row's history events as their items (`<R_I>` + collaborative identifier
+    for a recommendation, `<S_I>` + semantic identifier for a search session's click),
+    oldest first, then `<R_I>`; target: the row's item, `<R_I>` + collaborative
+    identifier. Short inputs (about 5 tokens an event), so many passes in minutes: our
+    stand-in for the authors' pretrained t5-small. The same every epoch (the batcher
+    shuffles).
+    """
+    rec = train_rows["recommendation"]
+    out = []
+    for r in range(len(rec["item"])):
+      entries = [self.rec_item(int(i)) if k == schema.KIND_REC else self.search_item(int(i))
+                 for k, i in zip(rec["history_kind"][r], rec["history_item"][r])
+                 if k in (schema.KIND_REC, schema.KIND_SEARCH)]
+      src = prompts_lib.Prompt("", tuple(entries), self._suffix(tokens.REC_ITEM))
+      out.append(Example(WARM_START_TASK, src, self.rec_item(rec["item"][r])))
     return out
 
   def tokenizer_texts(self) -> list[str]:

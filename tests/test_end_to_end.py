@@ -278,3 +278,24 @@ def test_the_python_api_example_prints_answers(finished):
   lines = proc.stdout.splitlines()
   assert lines[0] == "recommendation after 2 events:"
   assert sum(1 for l in lines if l.startswith("  ") and not l.startswith("  note")) == 10
+
+
+def test_warm_start_trains_first_and_hands_its_parameters_to_the_mixture(tiny_run, tmp_path):
+  workdir, summaries = tiny_run
+  config = tiny_config(**{"train.warm_start_steps": 40, "train.warm_start_learning_rate": 3e-3,
+                          "train.eval_rows": 0})
+  config.stages = "data,embed,identifiers,doc2query,train"
+  config.reuse_from = str(workdir)
+  got = pipeline.run(config, tmp_path)["train"]
+  warm = got["warm_start"]
+  assert warm["steps"] == 40 and warm["loss_end"] < 0.7 * warm["loss_start"]  # It learns.
+  assert (tmp_path / "train" / "warm_start" / "metrics.jsonl").exists()
+
+  def first_loss(run_dir):
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return next(r["loss"] for r in records if r["kind"] == "train" and r["step"] == 1)
+
+  # The mixture starts from the warm start's parameters: the recommendation half of its
+  # first batch is already predictable, so its first loss is below the cold start's.
+  assert first_loss(tmp_path / "train") < first_loss(workdir / "train") - 0.5
+  assert got["steps"] == summaries["train"]["steps"]  # The mixture's own schedule is unchanged.

@@ -13,7 +13,7 @@ from gensar_jax.identifiers import table as id_table
 N_ITEMS = 12
 
 
-def _builder(shares, behaviour_tokens=True):
+def _builder(shares, behaviour_tokens=True, prompt_style="instruction", popularity_power=0.0):
   catalog = schema.Catalog(
       item_ids=np.array([f"I{i}" for i in range(N_ITEMS)]),
       titles=[f"item {i} gel pen" for i in range(N_ITEMS)],
@@ -27,7 +27,8 @@ def _builder(shares, behaviour_tokens=True):
       collaborative=id_table.IdentifierTable(codes, ("M1", "R1"), 4))
   cfg = ml_collections.ConfigDict(dict(
       behaviour_tokens=behaviour_tokens, num_phrasings=3, max_query_tokens=64,
-      max_text_tokens=256, shares=shares))
+      max_text_tokens=256, shares=shares, prompt_style=prompt_style,
+      nrip_popularity_power=popularity_power))
   return tasks.TaskBuilder(catalog, ids, cfg, pseudo_queries=[["q"]] * N_ITEMS)
 
 
@@ -80,3 +81,55 @@ def test_training_and_eval_prompts_have_the_same_shape_and_droppable_history():
                          f"{tokens.SEARCH_ITEM}")
   assert p.entries[1] == f"{b.query(1)}; {b.search_item(1)}"
   assert p.keeping(0).endswith(tokens.SEARCH_ITEM) and b.query(0) in p.keeping(0)
+
+
+def test_compact_prompts_keep_history_query_and_behaviour_token_and_drop_the_words():
+  shares = dict(nrip=1.0, nsip=1.0, nsqp=1.0, adhoc=1.0, desc2id=1.0, id2desc=1.0)
+  full, compact = _builder(shares), _builder(shares, prompt_style="compact")
+  train = {"recommendation": _rows(6, False), "search": _rows(6, True)}
+  for a, b in zip(full.epoch_examples(train, seed=3, epoch=0),
+                  compact.epoch_examples(train, seed=3, epoch=0)):
+    assert (a.task, a.target) == (b.task, b.target)  # Same rows, same responses.
+    assert len(b.source.text) < len(a.source.text)
+    if a.task in ("nrip", "nsip", "nsqp"):
+      assert b.source.entries == a.source.entries and b.source.drop == "oldest"
+      assert b.source.text.endswith(a.source.text[-5:])  # The same behaviour token.
+  row = {k: v[0] for k, v in _rows(1, True).items()}
+  hist = compact.row_history(row["history_kind"], row["history_item"], row["history_query"])
+  assert compact.eval_source("search", row).text == (
+      "; ".join(hist) + f"; {compact.query(0)} {tokens.SEARCH_ITEM}")
+  assert compact.eval_source("recommendation", row).text == "; ".join(hist) + f" {tokens.REC_ITEM}"
+  with pytest.raises(ValueError, match="prompt_style"):
+    _builder(shares, prompt_style="terse")
+  with pytest.raises(ValueError, match="behaviour tokens"):
+    _builder(shares, behaviour_tokens=False, prompt_style="compact")
+
+
+def test_warm_start_examples_are_every_recommendation_row_as_identifiers_only():
+  b = _builder(dict(nrip=1.0))
+  rec = _rows(5, False)
+  examples = b.warm_start_examples({"recommendation": rec, "search": _rows(2, True)})
+  assert len(examples) == 5 and {e.task for e in examples} == {tasks.WARM_START_TASK}
+  for r, e in enumerate(examples):
+    assert e.target == b.rec_item(rec["item"][r])
+    kinds, items = rec["history_kind"][r], rec["history_item"][r]
+    assert e.source.entries == tuple(
+        b.rec_item(i) if k == schema.KIND_REC else b.search_item(i) for k, i in zip(kinds, items))
+    assert e.source.text.endswith(tokens.REC_ITEM)
+    assert "gel pen" not in e.source.text and b.query(1) not in e.source.text  # No words.
+
+
+def test_popularity_power_flattens_the_targets_of_the_recommendation_rows():
+  rec = _rows(400, False)
+  rec["item"] = np.where(np.arange(400) < 300, 0, 1 + np.arange(400) % 3)  # item 0: 75%.
+  train = {"recommendation": rec, "search": _rows(4, True)}
+
+  def share_of_item_0(power):
+    b = _builder(dict(nrip=1.0), popularity_power=power)
+    targets = [e.target for e in b.epoch_examples(train, seed=1, epoch=0)]
+    assert len(targets) == 400
+    return np.mean([t == b.rec_item(0) for t in targets])
+
+  assert share_of_item_0(0.0) == 0.75  # Every row once (the paper's way).
+  assert 0.16 < share_of_item_0(1.0) < 0.34  # 4 target items, equally often: ~0.25.
+  assert 0.4 < share_of_item_0(0.5) < 0.7  # sqrt(300) / (sqrt(300) + 3 sqrt(33.3)) = 0.5.

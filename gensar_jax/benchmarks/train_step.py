@@ -55,6 +55,9 @@ _STEPS = flags.DEFINE_integer("steps", 40, "Timed steps.")
 _JSON = flags.DEFINE_string("json", "", "Write the figures here as JSON.")
 _BREAKDOWN = flags.DEFINE_bool("breakdown", False, "Also time the step's pieces.")
 _DTYPE = flags.DEFINE_string("dtype", "", "Compute dtype (default: the preset's).")
+_LENGTHS = flags.DEFINE_string(
+    "lengths", "", "A length distribution written by `benchmarks.example_lengths` (default: "
+    "office_cpu_lengths.json, the cpu preset's mixture on Office).")
 
 LENGTHS = pathlib.Path(__file__).with_name("office_cpu_lengths.json")
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
@@ -102,11 +105,12 @@ def length_pairs(path: pathlib.Path = LENGTHS) -> tuple[np.ndarray, np.ndarray, 
 
 
 def planned_batches(batch: int, steps: int, vocab: int, seed: int = 0,
-                    max_source_len: int | None = None) -> list[dict[str, np.ndarray]]:
+                    max_source_len: int | None = None,
+                    lengths: pathlib.Path = LENGTHS) -> list[dict[str, np.ndarray]]:
   """`steps` training batches `{"src": [1, B, S], "tgt": [1, B, T]}` planned as training
-  plans them, from examples drawn from the stored length distribution."""
+  plans them, from examples drawn from the stored length distribution `lengths`."""
   rng = np.random.default_rng(seed)
-  src_all, tgt_all, _ = length_pairs()
+  src_all, tgt_all, _ = length_pairs(lengths)
   pick = rng.integers(0, len(src_all), batch * steps)
   s_len, t_len = src_all[pick], tgt_all[pick]
   if max_source_len:
@@ -215,7 +219,8 @@ def main(argv):
   if shape == "t5small_ref":
     host = [random_batch(rng, batch_size, 128, 6) for _ in range(_STEPS.value)]
   else:
-    host = planned_batches(batch_size, _STEPS.value, cfg.vocab_size)
+    host = planned_batches(batch_size, _STEPS.value, cfg.vocab_size,
+                           lengths=pathlib.Path(_LENGTHS.value or LENGTHS))
   batches = [sharding.global_batch(b, mesh, batch_dim=1) for b in host]
   replicated = sharding.replicated(mesh)
   key = jax.device_put(jax.random.key(1), replicated)

@@ -19,6 +19,7 @@ import time
 
 from absl import logging
 import jax
+import ml_collections
 import numpy as np
 
 from gensar_jax import context
@@ -167,6 +168,38 @@ def init_code_embeddings(config, params, tokenizer: tok_lib.Tokenizer, ids_dir):
   return params
 
 
+WARM_START_DIR = "warm_start"  # The warm start's checkpoints and log, inside the stage's folder.
+
+
+def warm_start_section(train_section) -> ml_collections.ConfigDict:
+  """The trainer section of the warm start: `train`'s settings with its own steps, budget
+  and learning rate (no early stop)."""
+  s = ml_collections.ConfigDict(train_section.to_dict())
+  s.steps = int(train_section.warm_start_steps)
+  s.max_minutes = float(train_section.warm_start_minutes)
+  s.learning_rate = float(train_section.warm_start_learning_rate)
+  s.max_steps = 0
+  return s
+
+
+def run_warm_start(config, ctx, *, builder, tokenizer, model, params, train_rows, mesh):
+  """`train.warm_start_steps` of identifier-only next-item prediction (resumable, in
+  `<stage>/warm_start/`); returns (its TrainResult summary, the parameters it ends with)."""
+  examples = builder.warm_start_examples(train_rows)
+  src, _ = tokenizer.encode_prompts([e.source for e in examples], config.tasks.max_source_len)
+  tgt = tokenizer.encode_batch([e.target for e in examples], config.tasks.max_target_len)
+  src = [np.asarray(s, np.int32) for s in src]
+  tgt = [np.asarray(t, np.int32) for t in tgt]
+  logging.info("train: warm start, %d steps on %d identifier-only rows (%.1f source tokens "
+               "on average)", config.train.warm_start_steps, len(src),
+               float(np.mean([len(s) for s in src])))
+  result = loop.train(warm_start_section(config.train), ctx.dir / WARM_START_DIR, model=model,
+                      init_params=params, make_epoch=lambda epoch: (src, tgt),
+                      seed=train_seed(config), mesh=mesh,
+                      shard_params=bool(config.mesh.shard_params), name="train.warm_start")
+  return result.summary(), result.params
+
+
 def run(config, ctx: context.StageContext) -> dict:
   """Trains the model; returns the summary (steps, losses, best validation, speed)."""
   start = time.time()
@@ -197,6 +230,10 @@ def run(config, ctx: context.StageContext) -> dict:
     return ([np.asarray(s, np.int32) for s in src], [np.asarray(t, np.int32) for t in tgt])
 
   mesh = sharding.make_mesh(config.mesh.data_axis)
+  warm = None
+  if int(config.train.warm_start_steps) > 0:
+    warm, params = run_warm_start(config, ctx, builder=builder, tokenizer=tokenizer, model=model,
+                                  params=params, train_rows=train_rows, mesh=mesh)
   ranker = ranking.GenerativeRanker(
       model, tokenizer, builder, beam_size=config.eval.beam_size,
       batch_size=config.eval.batch_size, max_source_len=tc.max_source_len,
@@ -235,6 +272,7 @@ def run(config, ctx: context.StageContext) -> dict:
       "parameters": int(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))),
       "epoch_examples": builder.epoch_counts(train_rows),
       "pseudo_queries": pseudo is not None,
+      "warm_start": warm,
       "devices": int(mesh.devices.size),
       "train_s": round(time.time() - start, 2),
   })
