@@ -25,8 +25,9 @@ after the demo has run:
 import ml_collections
 
 from gensar_jax import config_files
+from gensar_jax import tasks
 
-TASK_ABLATIONS = ("nrip", "nsqp", "nsip", "desc2id", "id2desc", "adhoc")
+TASK_ABLATIONS = tasks.TASK_NAMES  # One ablation per training task: no_<task>.
 NAMES = (
     ("no_behaviour_tokens",)
     + tuple(f"no_{t}" for t in TASK_ABLATIONS)

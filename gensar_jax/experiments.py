@@ -65,8 +65,11 @@ import numpy as np
 
 from gensar_jax import compute_trend
 from gensar_jax import task_kinds
+from gensar_jax.data import schema
+from gensar_jax.decoding import beam_search
 from gensar_jax.evaluation import outputs as eval_outputs
 from gensar_jax.train import curve as curve_lib
+
 
 TASKS = task_kinds.TASKS  # The one copy (re-exported for readers of this module).
 
@@ -174,24 +177,18 @@ def seeds_markdown(summary: dict, runs: int) -> str:
 
 
 def _ranker(workdir: pathlib.Path, score: str | None = None):
-  """(the best checkpoint's bundle, its GenerativeRanker) of a run, as eval builds them."""
+  """(the best checkpoint's bundle, its GenerativeRanker) of a run, with the run's own
+  decoding settings (`score` replacing its scoring when given)."""
   # pylint: disable=g-import-not-at-top
-  from gensar_jax import tasks as tasks_lib
-  from gensar_jax import ranking
-  from gensar_jax.data import dataset
-  from gensar_jax.model import t5 as t5_lib
-  from gensar_jax.train import checkpoint as ckpt_lib
+  import dataclasses
+  from gensar_jax import trained_model
   # pylint: enable=g-import-not-at-top
 
-  bundle = ckpt_lib.load_for_decoding(workdir / "train", "best")
-  cfg = bundle.config
-  builder = tasks_lib.TaskBuilder(dataset.load_catalog(workdir / "data"), bundle.identifiers,
-                                  cfg.tasks)
-  ranker = ranking.GenerativeRanker(
-      t5_lib.T5(bundle.t5_config), bundle.tokenizer, builder, beam_size=cfg.eval.beam_size,
-      batch_size=cfg.eval.batch_size, max_source_len=cfg.tasks.max_source_len,
-      score=score or cfg.eval.score)
-  return bundle, ranker
+  trained = trained_model.TrainedModel.load(workdir / "train", workdir / "data", "best")
+  decoding = trained.saved_decoding
+  if score:
+    decoding = dataclasses.replace(decoding, score=score)
+  return trained.bundle, trained.ranker(decoding)
 
 
 def rescore(workdir: str | pathlib.Path, score: str, rows: int = 0) -> dict:
@@ -310,8 +307,8 @@ def popularity(workdir: str | pathlib.Path) -> dict:
 
   workdir = pathlib.Path(workdir)
   bundle, ranker = _ranker(workdir)
-  train_items = dataset.load_rows(workdir / "data", "recommendation", "train")["item"]
-  counts = np.bincount(train_items, minlength=len(bundle.identifiers.item_ids))
+  counts = schema.target_counts(dataset.load_rows(workdir / "data", "recommendation", "train"),
+                                len(bundle.identifiers.item_ids))
   out = {}
   for task in TASKS:
     rows = _validation_rows(workdir, bundle, task)
@@ -355,8 +352,9 @@ def prior_corrected(workdir: str | pathlib.Path, rows: int = 0) -> dict:
 
   workdir = pathlib.Path(workdir)
   bundle, ranker = _ranker(workdir)
-  train_items = dataset.load_rows(workdir / "data", "recommendation", "train")["item"]
-  log_count_N = np.log1p(np.bincount(train_items, minlength=len(bundle.identifiers.item_ids)))
+  log_count_N = np.log1p(schema.target_counts(
+      dataset.load_rows(workdir / "data", "recommendation", "train"),
+      len(bundle.identifiers.item_ids)))
 
   def scored(task, task_rows):
     cands = ranking.candidates_of(task_rows)
@@ -384,7 +382,7 @@ flags.DEFINE_string("workdir", None, "record: the run's workdir.")
 flags.DEFINE_string("name", None, "record: the run's name.")
 flags.DEFINE_string("note", "", "record: one sentence on what the run shows.")
 flags.DEFINE_string("out", None, "record: where the JSON goes.")
-flags.DEFINE_enum("score", "full", ("full", "allowed"), "rescore: the scoring.")
+flags.DEFINE_enum("score", "full", beam_search.SCORES, "rescore: the scoring.")
 flags.DEFINE_integer("rows", 0, "rescore: the first N test rows per task (0 = all).")
 flags.DEFINE_string("png", None, "trend: where the plot goes (none when unset).")
 

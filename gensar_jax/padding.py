@@ -1,6 +1,6 @@
 """Padding token sequences to bucket lengths, so jitted functions compile once per bucket.
 
-Training batches (`gensar_jax.train.batches`), the generative ranker and doc2query's
+Training batches (`gensar_jax.trainer.batches`), the generative ranker and doc2query's
 generation pad sources and targets to the smallest bucket that holds them.
 """
 

@@ -361,7 +361,7 @@ class TaskBuilder:
     if b == 0 or count <= 0 or not len(rec["item"]):
       return self._pick(rng, len(rec["item"]), count)
     items = np.asarray(rec["item"], np.int64)
-    weight = np.bincount(items).astype(np.float64)[items] ** -b
+    weight = schema.target_counts(rec, int(items.max()) + 1).astype(np.float64)[items] ** -b
     return np.sort(rng.choice(len(items), size=count, replace=True, p=weight / weight.sum()))
 
   def available(self, train_rows: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, int]:

@@ -6,6 +6,7 @@ import pytest
 
 from gensar_jax.data import schema
 from gensar_jax.evaluation import baselines
+from gensar_jax.evaluation import outputs as eval_outputs
 from gensar_jax.report import tables
 
 
@@ -106,6 +107,8 @@ def test_a_row_without_history_gets_popularity_alone():
 def test_the_registry_names_every_baseline_once_and_the_report_reads_its_titles():
   names = [b.name for b in baselines.REGISTRY]
   assert len(names) == len(set(names))
+  # One scorer per key of the eval stage's contract, in its order (the report's order).
+  assert names == list(eval_outputs.BASELINE_TITLES)
   assert {"popularity", "sasrec", "sasrec_last{window}", "sasrec_bce", "cooccurrence",
           "id_prefix", "bm25", "dense"} <= set(names)
   for b in baselines.REGISTRY:

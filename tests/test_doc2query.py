@@ -13,7 +13,7 @@ from gensar_jax.doc2query import outputs as d2q_outputs
 from gensar_jax.doc2query import stage as d2q_stage
 from gensar_jax.model import t5 as t5_lib
 from gensar_jax.model import tokenizer as tok_lib
-from gensar_jax.train import loop
+from gensar_jax.trainer import loop
 from tests.conftest import load_config
 
 # Planted mapping: an item's text holds one category word among filler; its query is

@@ -184,12 +184,12 @@ def test_a_checkpoint_with_other_tokenizer_or_identifiers_is_refused(finished, t
 
   from gensar_jax.identifiers import table as id_table  # pylint: disable=g-import-not-at-top
   from gensar_jax.model import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
-  from gensar_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from gensar_jax.train import outputs as train_outputs  # pylint: disable=g-import-not-at-top
 
   workdir, _ = finished
   train = tmp_path / "train"
   shutil.copytree(workdir / "train", train)
-  ckpt_lib.load_for_decoding(train)  # The untouched copy restores.
+  train_outputs.load_for_decoding(train)  # The untouched copy restores.
   ids = id_table.load(train)
   codes = ids.semantic.codes.copy()
   codes[[0, 1]] = codes[[1, 0]]  # Two items swap identifiers.
@@ -197,14 +197,14 @@ def test_a_checkpoint_with_other_tokenizer_or_identifiers_is_refused(finished, t
       ids.item_ids, id_table.IdentifierTable(codes, ids.semantic.level_names,
                                              ids.semantic.codebook_size), ids.collaborative))
   with pytest.raises(pipeline.PipelineError, match="identifier tables .* differ"):
-    ckpt_lib.load_for_decoding(train)
+    train_outputs.load_for_decoding(train)
   shutil.copy(workdir / "train" / id_table.FILENAME, train / id_table.FILENAME)
   tok = tok_lib.Tokenizer.load(train / "tokenizer")
   other = tok_lib.add_gensar_tokens(tok_lib.train_backend(["other words entirely"] * 20, 60),
                                     list(tok.level_offsets), tok.codebook_size)
   other.save(train / "tokenizer")
   with pytest.raises(pipeline.PipelineError, match="tokenizer .* differs"):
-    ckpt_lib.load_for_decoding(train)
+    train_outputs.load_for_decoding(train)
 
 
 def test_eval_refuses_a_model_trained_on_other_identifiers(finished, tmp_path):
@@ -299,3 +299,6 @@ def test_warm_start_trains_first_and_hands_its_parameters_to_the_mixture(tiny_ru
   # first batch is already predictable, so its first loss is below the cold start's.
   assert first_loss(tmp_path / "train") < first_loss(workdir / "train") - 0.5
   assert got["steps"] == summaries["train"]["steps"]  # The mixture's own schedule is unchanged.
+  # Every NRIP row is in every epoch: its passes are the run's epochs.
+  epochs = got["steps"] * 16 / sum(got["epoch_examples"].values())
+  assert got["task_passes"]["nrip"] == pytest.approx(epochs, abs=1e-3)

@@ -20,7 +20,8 @@ from gensar_jax.inference import api
 from gensar_jax.inference import stage
 from gensar_jax.model import t5 as t5_lib
 from gensar_jax.model import tokenizer as tok_lib
-from gensar_jax.train import checkpoint as ckpt_lib
+from gensar_jax import trained_model
+from gensar_jax.train import outputs as train_outputs
 
 N_ITEMS = 12
 BEAM = 3
@@ -49,8 +50,9 @@ def model() -> api.GenSAR:
   t5_config = t5_lib.T5Config(vocab_size=tok.vocab_size, d_model=16, d_ff=32,
                               num_encoder_layers=1, num_decoder_layers=1, num_heads=2, d_kv=8)
   params = t5_lib.init_params(t5_config, jax.random.key(0))
-  bundle = ckpt_lib.DecodingBundle(params, t5_config, tok, ids, config, 0)
-  return api.GenSAR(bundle, catalog)
+  bundle = train_outputs.DecodingBundle(params, t5_config, tok, ids, config, 0)
+  return api.GenSAR(trained_model.TrainedModel(
+      bundle, catalog, tasks.TaskBuilder(catalog, ids, config.tasks), t5_lib.T5(t5_config)))
 
 
 def _line(**req) -> str:

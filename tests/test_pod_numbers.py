@@ -4,7 +4,7 @@ import jax
 
 from gensar_jax.benchmarks import pod_numbers as pn
 from gensar_jax.model import t5
-from gensar_jax.train import logging_utils
+from gensar_jax.trainer import logging_utils
 
 # d 4, ff 8, 1+1 layers, 2 heads of 2, vocabulary 10, 4 position buckets.
 TOY = pn.Shape(10, 4, 8, 1, 1, 2, 2, relative_attention_num_buckets=4)

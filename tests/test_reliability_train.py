@@ -13,8 +13,8 @@ import pytest
 
 from gensar_jax import errors
 from gensar_jax import metrics as metrics_lib
-from gensar_jax.train import checkpoint as ckpt_lib
-from gensar_jax.train import logging_utils
+from gensar_jax.trainer import checkpoint as ckpt_lib
+from gensar_jax.trainer import logging_utils
 from tests.test_train import _config
 from tests.test_train import _model
 from tests.test_train import _planted
@@ -47,7 +47,7 @@ def test_a_huge_learning_rate_stops_training_with_one_line_and_keeps_good_checkp
   ckpt = ckpt_lib.Checkpointer(tmp_path, 5)
   steps = ckpt.periodic.all_steps()
   assert steps and max(steps) < bad
-  from gensar_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  from gensar_jax.trainer import step as step_lib  # pylint: disable=g-import-not-at-top
   tx, _ = step_lib.make_optimizer(c.train, 16)
   state = step_lib.init_state(params, tx)
   restored, _, _ = ckpt.restore(max(steps), state.params, state.opt_state)

@@ -7,11 +7,12 @@ import jax
 import numpy as np
 import pytest
 
+from gensar_jax import seeds
 from gensar_jax import sharding
 from gensar_jax.model import t5 as t5_lib
-from gensar_jax.train import batches as batches_lib
-from gensar_jax.train import loop
-from gensar_jax.train import step as step_lib
+from gensar_jax.trainer import batches as batches_lib
+from gensar_jax.trainer import loop
+from gensar_jax.trainer import step as step_lib
 from tests.conftest import load_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -148,11 +149,11 @@ def test_batch_plan_covers_each_example_once_with_little_padding():
   plan = batches_lib.plan_batches(lens, np.array([len(t) for t in tgt]), 32, seed=0, epoch=0)
   assert plan.shape == (31, 32)
   assert len(np.unique(plan)) == plan.size
-  padded = sum(batches_lib.bucket_length(int(lens[b].max()), batches_lib.SOURCE_BUCKETS) * 32
+  padded = sum(batches_lib.bucket_length(int(lens[b].max()), batches_lib.TRAIN_SOURCE_BUCKETS) * 32
                for b in plan)
   random_plan = np.random.default_rng(0).permutation(1000)[:992].reshape(31, 32)
   padded_random = sum(
-      batches_lib.bucket_length(int(lens[b].max()), batches_lib.SOURCE_BUCKETS) * 32
+      batches_lib.bucket_length(int(lens[b].max()), batches_lib.TRAIN_SOURCE_BUCKETS) * 32
       for b in random_plan)
   assert padded < 0.8 * padded_random
   other = batches_lib.plan_batches(lens, np.array([len(t) for t in tgt]), 32, seed=0, epoch=1)
@@ -261,9 +262,9 @@ def test_train_seed_defaults_to_the_master_seed_and_can_vary_alone():
   from gensar_jax.train import stage as train_stage  # pylint: disable=g-import-not-at-top
 
   c = load_config("amazon", "preset=cpu")
-  assert c.train.seed == 0 and train_stage.train_seed(c) == c.seed == 42
+  assert c.train.seed == 0 and seeds.train(c) == c.seed == 42
   c.train.seed = 7
-  assert train_stage.train_seed(c) == 7 and c.seed == 42  # Data and identifiers keep 42.
+  assert seeds.train(c) == 7 and c.seed == 42  # Data and identifiers keep 42.
   p7 = train_stage.make_model(c, VOCAB)[1]
   c.train.seed = 0
   p42 = train_stage.make_model(c, VOCAB)[1]

@@ -7,7 +7,7 @@ then trains and evaluates the demo model twice on them (`--config.reuse_from`), 
 seed and schedule (`train.steps`, default 200, loss logged every 10 steps), with
 `model.dtype` float32 (`DIR/float32`) and bfloat16 (`DIR/bfloat16`); eval ranks the 100
 candidates of all 600 test rows per task exactly (full scoring), no whole-catalog pass.
-Parameters, optimizer state and the loss are float32 in both (model/t5.py, train/step.py).
+Parameters, optimizer state and the loss are float32 in both (model/t5.py, trainer/step.py).
 
 Reports, and writes as JSON (`DIR/bf16_check.json` unless `--json`):
   * the logged training losses side by side, with the largest absolute and relative
@@ -36,7 +36,7 @@ from gensar_jax import atomic
 from gensar_jax import metrics as metrics_lib
 from gensar_jax import task_kinds
 from gensar_jax.evaluation import outputs as eval_outputs
-from gensar_jax.train import logging_utils
+from gensar_jax.trainer import logging_utils
 
 def define_flags() -> None:
   """The command's flags (defined only when run as a command: other modules that the

@@ -39,6 +39,8 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from gensar_jax.data import raw
+
 _REVIEWS = flags.DEFINE_integer("reviews", 1_700_000, "Reviews to generate.")
 _ITEMS = flags.DEFINE_integer("items", 62_883, "Reviewed items.")
 _USERS = flags.DEFINE_integer("users", 192_403, "Users (each with >= 5 reviews).")
@@ -150,7 +152,7 @@ def generate(out_dir: pathlib.Path, *, num_reviews: int, num_items: int, num_use
   titles = _texts(rng, name_words, topic, total_items, 6)
   descriptions = _texts(rng, text_words, topic, total_items, 30)
   kind = rng.random(total_items)
-  with gzip.open(out_dir / f"meta_{CATEGORY}.json.gz", "wt", compresslevel=1,
+  with gzip.open(out_dir / (raw.meta_name(CATEGORY) + ".gz"), "wt", compresslevel=1,
                  encoding="utf-8") as f:
     for k in rng.permutation(total_items):
       dept, sub, leaf = leaves[item_leaf[k]]
@@ -160,7 +162,7 @@ def generate(out_dir: pathlib.Path, *, num_reviews: int, num_items: int, num_use
       if kind[k] < 0.9:
         record["description"] = (f"<ul><li>{descriptions[k]}</li></ul>" if kind[k] < 0.1
                                  else descriptions[k] if kind[k] < 0.85 else "")
-      f.write(repr(record) + "\n")
+      f.write(raw.meta_line(record) + "\n")
 
   counts = _reviews_per_user(rng, num_users, num_reviews)
   user = np.repeat(np.arange(num_users), counts)
@@ -178,16 +180,15 @@ def generate(out_dir: pathlib.Path, *, num_reviews: int, num_items: int, num_use
   summary_of = rng.integers(0, len(summaries), size=num_reviews)
   stars = rng.integers(1, 6, size=num_reviews)
   order = np.lexsort((user, asins[item]))  # The released files are in asin order.
-  with gzip.open(out_dir / f"reviews_{CATEGORY}_5.json.gz", "wt", compresslevel=1,
+  with gzip.open(out_dir / (raw.reviews_name(CATEGORY) + ".gz"), "wt", compresslevel=1,
                  encoding="utf-8") as f:
     for lo in range(0, num_reviews, 100_000):
       idx = order[lo:lo + 100_000]
       f.write("".join(
-          f'{{"reviewerID": "{user_ids[user[r]]}", "asin": "{asins[item[r]]}", '
-          f'"reviewerName": "name {user[r]}", "helpful": [0, 0], '
-          f'"reviewText": "{pool[text_of[r]]}", "overall": {stars[r]}.0, '
-          f'"summary": "{summaries[summary_of[r]]}", "unixReviewTime": {times[r]}, '
-          f'"reviewTime": "01 1, 2010"}}\n' for r in idx.tolist()))
+          raw.review_line(str(user_ids[user[r]]), str(asins[item[r]]), str(pool[text_of[r]]),
+                          stars[r], times[r], reviewerName=f"name {user[r]}",
+                          helpful=[0, 0], summary=str(summaries[summary_of[r]]),
+                          reviewTime="01 1, 2010") + "\n" for r in idx.tolist()))
   if released:
     queries = sorted({" ".join(dict.fromkeys(" ".join(p).replace("&", " ").lower().split()))
                       for p in leaves})

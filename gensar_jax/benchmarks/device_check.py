@@ -67,7 +67,7 @@ DEVICE_TEST_FILES = ("tests/test_t5.py", "tests/test_beam_search.py", "tests/tes
 DRY_TEST = "tests/test_t5.py::test_padding_invariance"
 # Dense peak FLOP/s for float32 inputs at JAX's default matmul precision, by a substring
 # of device_kind: TF32 tensor cores on A100/H100/H200 (the bf16 table is
-# train/logging_utils.PEAK_FLOPS); TPUs run float32 matmuls as one bf16 pass, so their
+# trainer/logging_utils.PEAK_FLOPS); TPUs run float32 matmuls as one bf16 pass, so their
 # bf16 peak applies.
 FP32_PEAK_FLOPS = (("a100", 156e12), ("h100", 494.7e12), ("h200", 494.7e12))
 # Lighter upstream stages for the Office phase (stated in the JSON).
@@ -126,7 +126,7 @@ def define_flags() -> None:
 # ------------------------------------------------------------------------ workers
 def _peak(device, dtype: str) -> float | None:
   """Dense peak FLOP/s of `device` for `dtype` compute, or None (CPU, unknown kind)."""
-  from gensar_jax.train import logging_utils  # pylint: disable=g-import-not-at-top
+  from gensar_jax.trainer import logging_utils  # pylint: disable=g-import-not-at-top
 
   bf16 = logging_utils.peak_flops(device)
   if dtype == "bfloat16" or bf16 is None or device.platform == "tpu":
@@ -152,8 +152,8 @@ def train_step_worker(dry: bool, path: pathlib.Path) -> None:
   from gensar_jax.benchmarks import pod_numbers  # pylint: disable=g-import-not-at-top
   from gensar_jax.benchmarks import train_step as bench  # pylint: disable=g-import-not-at-top
   from gensar_jax.model import t5  # pylint: disable=g-import-not-at-top
-  from gensar_jax.train import logging_utils  # pylint: disable=g-import-not-at-top
-  from gensar_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  from gensar_jax.trainer import logging_utils  # pylint: disable=g-import-not-at-top
+  from gensar_jax.trainer import step as step_lib  # pylint: disable=g-import-not-at-top
 
   batch, src_len, tgt_len, warmup, timed = (4, 16, 6, 1, 2) if dry else (256, 128, 6, 2, 10)
   device = jax.devices()[0]

@@ -12,15 +12,19 @@ own compiled search). The machine is shared, so the load average is printed too.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import pathlib
 import statistics
 import time
 
 from absl import app
 from absl import flags
 
+from gensar_jax import trained_model
 from gensar_jax.data import dataset
+from gensar_jax.data import schema
 from gensar_jax.inference import api
 from gensar_jax.inference import stage as infer_stage
 
@@ -34,7 +38,7 @@ _JSON = flags.DEFINE_string("json", "", "Write the figures here.")
 def test_requests(model: api.GenSAR, workdir: str, count: int) -> dict[str, list[dict]]:
   """Up to `count` requests per task built from the test split (as JSON objects)."""
   out = {}
-  for task in ("recommendation", "search"):
+  for task in schema.TASKS:
     rows = dataset.load_rows(os.path.join(workdir, "data"), task, "test")
     reqs = []
     for r in range(min(count, len(rows["item"]))):
@@ -57,7 +61,9 @@ def main(argv):
   del argv
   workdir = _WORKDIR.value
   figures = {}
-  model = api.GenSAR.load(workdir, batch_size=32)
+  trained = trained_model.TrainedModel.load(pathlib.Path(workdir) / "train",
+                                            pathlib.Path(workdir) / "data")
+  model = api.GenSAR(trained, dataclasses.replace(trained.saved_decoding, batch_size=32))
   reqs = test_requests(model, workdir, _REQUESTS.value)
   for task, batch in reqs.items():
     _call(model, task, batch[:32], _K.value)  # compile
@@ -67,7 +73,7 @@ def main(argv):
     figures[f"{task}_requests_per_s_b32"] = len(batch) / dt
     print(f"{task}: {len(batch)} requests at batch 32 in {dt:.2f} s = "
           f"{len(batch) / dt:.1f} requests/s", flush=True)
-  single = api.GenSAR.load(workdir, batch_size=1)
+  single = api.GenSAR(trained, dataclasses.replace(trained.saved_decoding, batch_size=1))
   for task, batch in reqs.items():
     _call(single, task, batch[:1], _K.value)  # compile
     times = []

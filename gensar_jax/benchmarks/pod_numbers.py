@@ -6,7 +6,7 @@ training FLOPs per example and per epoch, the memory one device needs for the pa
 global batch in the chosen micro-batches, and the projected time per epoch on one
 H100-class GPU, one A100 and a v5e-8 TPU slice at a stated MFU.
 
-Conventions, the trainer's own (`gensar_jax.train.logging_utils`): model FLOPs are
+Conventions, the trainer's own (`gensar_jax.trainer.logging_utils`): model FLOPs are
 6 x parameters x the tokens they touch (encoder parameters count source tokens; decoder
 and output-embedding parameters count target tokens; attention scores are left out,
 about 4% at 130 source tokens), on real (unpadded) tokens, so the MFU absorbs padding;
@@ -22,10 +22,12 @@ per-token inventory of what backpropagation keeps (XLA fuses and recomputes some
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 import sys
 
+from gensar_jax import config_files
 from gensar_jax.model import t5
-from gensar_jax.train import logging_utils
+from gensar_jax.trainer import logging_utils
 
 _PEAK = dict(logging_utils.PEAK_FLOPS)
 GIB = 2**30
@@ -46,9 +48,9 @@ PAPER = Shape(vocab_size(8000, 256), 512, 2048, 6, 6, 8, 64)  # preset=paper: t5
 PAPER_T5_VOCAB = dataclasses.replace(PAPER, vocab_size=vocab_size(32128, 256))
 CPU = Shape(vocab_size(8000, 32), 128, 512, 2, 2, 4, 32)  # preset=cpu (and gpu1_small).
 
-# Examples per epoch per task as a share of the NRIP rows (configs/amazon.py tasks.shares).
-SHARES = {"nrip": 1.0, "nsip": 100 / 930, "nsqp": 1 / 930, "adhoc": 1 / 930,
-          "desc2id": 2 / 930, "id2desc": 2 / 930}
+# Examples per epoch per task as a share of the NRIP rows: the paper preset's tasks.shares.
+SHARES = dict(config_files.load(
+    str(pathlib.Path(__file__).resolve().parents[2] / "configs" / "amazon.py")).tasks.shares)
 # Training rows per category: (NRIP rows, rows each other task can draw from at most).
 CATEGORIES = {
     "Electronics": (930_000, {}),  # docs/design.md §4 (the authors' 930k); caps never bind.

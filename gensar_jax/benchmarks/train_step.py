@@ -3,7 +3,7 @@
   python -m gensar_jax.benchmarks.train_step --shape=cpu|demo|paper [--steps=40]
       [--batch_size=N] [--json=PATH] [--breakdown]
 
-Times `gensar_jax.train.step` (`make_train_step` + `jit_train_step`: the train stage's
+Times `gensar_jax.trainer.step` (`make_train_step` + `jit_train_step`: the train stage's
 step, with the preset's dropout, clipping and AdamW) for a randomly initialised T5 of the
 preset's dimensions (`configs/amazon.py` preset cpu or paper, `configs/demo.py`) on a
 one-device mesh. Batches are planned exactly as training plans them
@@ -45,8 +45,8 @@ from gensar_jax import config_files
 from gensar_jax import padding
 from gensar_jax import sharding
 from gensar_jax.model import t5
-from gensar_jax.train import batches as batches_lib
-from gensar_jax.train import step as step_lib
+from gensar_jax.trainer import batches as batches_lib
+from gensar_jax.trainer import step as step_lib
 
 SHAPES = ("cpu", "demo", "paper", "t5small_ref")
 _SHAPE = flags.DEFINE_enum("shape", "cpu", SHAPES, "Which preset's model and batch.")

@@ -33,7 +33,6 @@ import argparse
 import dataclasses
 import datetime
 import gzip
-import json
 import pathlib
 import re
 
@@ -41,6 +40,7 @@ from absl import logging
 import numpy as np
 
 from gensar_jax import errors
+from gensar_jax.data import raw
 
 # Generation knobs (module constants so tests and docs can quote them).
 LEAVES_PER_USER = 3  # Preferred leaves per user.
@@ -574,19 +574,17 @@ def write_world(world: World, out_dir: pathlib.Path) -> dict:
   lines = []
   for u, seq in enumerate(world.sequences):
     for k, item in enumerate(seq):
-      lines.append(json.dumps({
-          "reviewerID": world.user_ids[u], "asin": world.asins[item],
-          "reviewText": world.texts[u][k], "overall": float(world.ratings[u][k]),
-          "unixReviewTime": int(world.times[u][k])}))
+      lines.append(raw.review_line(world.user_ids[u], world.asins[item], world.texts[u][k],
+                                   world.ratings[u][k], world.times[u][k]))
   meta = []
   for i, asin in enumerate(world.asins):
     d = {"asin": asin, "title": world.titles[i]}
     if world.descriptions[i] is not None:
       d["description"] = world.descriptions[i]
     d["categories"] = world.paths[i]
-    meta.append(repr(d))
-  for name, rows in ((f"reviews_{world.category}_5.json.gz", lines),
-                     (f"meta_{world.category}.json.gz", meta)):
+    meta.append(raw.meta_line(d))
+  for name, rows in ((raw.reviews_name(world.category) + ".gz", lines),
+                     (raw.meta_name(world.category) + ".gz", meta)):
     data = ("\n".join(rows) + "\n").encode("utf-8")
     (out_dir / name).write_bytes(gzip.compress(data, compresslevel=9, mtime=0))
   return {"users": len(world.user_ids), "items": len(world.asins), "reviews": len(lines)}

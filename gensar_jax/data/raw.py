@@ -132,6 +132,28 @@ class Meta:
   repaired: Counter = dataclasses.field(default_factory=Counter)
 
 
+def reviews_name(category: str) -> str:
+  """The reviews file of a category (without ".gz"): `reviews_NAME_5.json`."""
+  return f"reviews_{category}_5.json"
+
+
+def meta_name(category: str) -> str:
+  """The metadata file of a category (without ".gz"): `meta_NAME.json`."""
+  return f"meta_{category}.json"
+
+
+def review_line(user_id: str, asin: str, text: str, rating: float, unix_time: int,
+                **extra) -> str:
+  """One line of a reviews file (JSON; `extra` fields, e.g. "summary", follow)."""
+  return json.dumps({"reviewerID": user_id, "asin": asin, "reviewText": text,
+                     "overall": float(rating), "unixReviewTime": int(unix_time), **extra})
+
+
+def meta_line(record: dict) -> str:
+  """One line of a metadata file: a Python literal, as the 2014 release writes it."""
+  return repr(record)
+
+
 def _first_existing(folder: pathlib.Path, name: str) -> pathlib.Path | None:
   for candidate in (folder / name, folder / (name + ".gz")):
     if candidate.is_file():
@@ -149,15 +171,15 @@ def find_files(raw_dir: str | pathlib.Path, category: str) -> RawFiles:
   folder = pathlib.Path(raw_dir)
   if not folder.is_dir():
     raise PipelineError(f"raw data folder {folder} does not exist")
-  reviews = _first_existing(folder, f"reviews_{category}_5.json")
+  reviews = _first_existing(folder, reviews_name(category))
   if reviews is None:
     found = sorted(p.name for p in folder.glob("reviews_*"))
     raise PipelineError(
-        f"no reviews file reviews_{category}_5.json[.gz] in {folder}"
+        f"no reviews file {reviews_name(category)}[.gz] in {folder}"
         + (f" (found {found}; is config.data.category right?)" if found else ""))
   files = RawFiles(
       reviews=reviews,
-      meta=_first_existing(folder, f"meta_{category}.json"),
+      meta=_first_existing(folder, meta_name(category)),
       query_text=_first_existing(folder, "query_text.txt"),
       train_qrels=_first_existing(folder, "train.qrels"),
       test_qrels=_first_existing(folder, "test.qrels"),

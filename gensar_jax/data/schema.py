@@ -71,3 +71,16 @@ class Catalog:
   def item_text(self, i: int) -> str:
     """Title and description of item `i`, joined by a space ("" when both are absent)."""
     return " ".join(t for t in (self.titles[i], self.descriptions[i]) if t)
+
+  def train_counts(self) -> np.ndarray:
+    """int64 [N]: each item's count in the training recommendation sequences (the
+    baselines' "popularity"; no validation or test event is counted)."""
+    seqs = [s for s in self.rec_train_sequences if len(s)]
+    flat = np.concatenate(seqs) if seqs else np.zeros(0, np.int64)
+    return np.bincount(flat, minlength=self.num_items).astype(np.int64)
+
+
+def target_counts(rows, num_items: int) -> np.ndarray:
+  """int64 [N]: each item's count among the targets (`item`) of some rows, e.g. the NRIP
+  training rows (the target distribution GenSAR is trained on)."""
+  return np.bincount(np.asarray(rows["item"], np.int64), minlength=num_items).astype(np.int64)

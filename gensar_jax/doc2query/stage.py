@@ -24,17 +24,18 @@ import numpy as np
 
 from gensar_jax import context
 from gensar_jax import errors
+from gensar_jax import seeds
 from gensar_jax import sharding
 from gensar_jax.data import dataset
+from gensar_jax.decoding import generate as generate_lib
 from gensar_jax.doc2query import model as d2q
 from gensar_jax.doc2query import outputs
 from gensar_jax.model import t5 as t5_lib
 from gensar_jax.model import tokenizer as tok_lib
-from gensar_jax.train import loop
+from gensar_jax.trainer import loop
 
 TOKENIZER_DIR = "tokenizer"
 TRAIN_DIR = "train"
-_SEED_SALT = 11  # Folded into config.seed for this stage's model and sampling.
 _EXAMPLES = 8  # Items shown in the summary.
 _COMMON_FRAC = 0.1  # Words in more than this fraction of the queries are "common".
 
@@ -50,7 +51,8 @@ def validate(config) -> None:
     return
   checks = [
       (g.num_queries >= 1, "num_queries must be >= 1"),
-      (g.method in ("sample", "beam"), f"method must be 'sample' or 'beam', got {g.method!r}"),
+      (g.method in generate_lib.METHODS,
+       f"method must be one of {generate_lib.METHODS}, got {g.method!r}"),
       (g.top_k >= 0 and 0 < g.top_p <= 1 and g.temperature > 0,
        "top_k must be >= 0, top_p in (0, 1] and temperature > 0"),
       (g.max_query_len >= 2 and g.max_text_len >= 2, "max_query_len and max_text_len must be >= 2"),
@@ -89,7 +91,7 @@ def run(config, ctx: context.StageContext) -> dict:
       tokenizer.save(tok_dir)
   t5_config = t5_lib.T5Config.from_config(g.model, tokenizer.vocab_size)
   model = t5_lib.T5(t5_config)
-  seed = int(config.seed) + _SEED_SALT
+  seed = seeds.doc2query(config)
   params = t5_lib.init_params(t5_config, jax.random.key(seed))
   src = [np.asarray(s, np.int32) for s in
          tokenizer.encode_batch([texts[i] for i in items], g.max_text_len)]

@@ -51,6 +51,7 @@ from gensar_jax import ranking
 from gensar_jax.data import dataset
 from gensar_jax.data import negatives as negatives_lib
 from gensar_jax.data import schema
+from gensar_jax.evaluation import outputs as eval_outputs
 
 Scorer = Callable[[Mapping[str, np.ndarray]], np.ndarray]  # rows -> [R, N] scores
 _CHUNK = 512  # Rows scored at once (bounds the [R, N] score matrix).
@@ -88,9 +89,7 @@ def _score_rows(scorer: Scorer, rows: Mapping[str, np.ndarray], modes: Sequence[
 
 def popularity_scorer(catalog: schema.Catalog) -> Scorer:
   """Training interaction counts of every item (the same ranking for every row)."""
-  seqs = [s for s in catalog.rec_train_sequences if len(s)]
-  flat = np.concatenate(seqs) if seqs else np.zeros(0, np.int64)
-  counts_N = np.bincount(flat, minlength=catalog.num_items).astype(np.float32)
+  counts_N = catalog.train_counts().astype(np.float32)
   return lambda rows: np.broadcast_to(counts_N, (len(rows["item"]), catalog.num_items))
 
 
@@ -120,9 +119,7 @@ def sasrec_scorer(embed_dir, catalog: schema.Catalog, earlier_rows,
 
 def popularity_tiebreak(catalog: schema.Catalog) -> np.ndarray:
   """float64 [N] in [0, TIE): training counts scaled to order items of equal score."""
-  seqs = [s for s in catalog.rec_train_sequences if len(s)]
-  flat = np.concatenate(seqs) if seqs else np.zeros(0, np.int64)
-  counts_N = np.bincount(flat, minlength=catalog.num_items).astype(np.float64)
+  counts_N = catalog.train_counts().astype(np.float64)
   return TIE * counts_N / (counts_N.max(initial=0.0) + 1.0)
 
 
@@ -268,12 +265,16 @@ def _sasrec_bce(b: Inputs) -> Scorer | None:
 
 @dataclasses.dataclass(frozen=True)
 class Baseline:
-  """One baseline: its key, display name, tasks, and how to build its scorer."""
+  """One baseline: its key, tasks, and how to build its scorer."""
 
-  name: str  # Key in metrics.json and ranks.npz; "{window}" becomes data.max_rec_his_len.
-  title: str  # Display name (the report's); may hold "{window}" too.
+  name: str  # Key in metrics.json and ranks.npz (`outputs.BASELINE_TITLES`); "{window}" becomes data.max_rec_his_len.
   tasks: tuple[str, ...]  # The tasks it is scored on (one scorer serves them all).
   make: Callable[[Inputs], Scorer | None]  # None: not available here (skipped).
+
+  @property
+  def title(self) -> str:
+    """Display name (the report's); may hold "{window}" too."""
+    return eval_outputs.BASELINE_TITLES[self.name]
 
   def key(self, b: Inputs) -> str:
     """The name with this run's window filled in."""
@@ -282,37 +283,25 @@ class Baseline:
 
 _REC, _SEARCH = ("recommendation",), ("search",)
 REGISTRY: tuple[Baseline, ...] = (
-    Baseline("popularity", "Popularity", tuple(schema.TASKS),
-             lambda b: popularity_scorer(b.catalog)),
-    Baseline("cooccurrence", "Co-occurrence (last item → next)", _REC,
-             lambda b: cooccurrence_scorer(b.catalog, b.earlier_rows)),
-    Baseline("cooccurrence_last3", "Co-occurrence (last 3 items)", _REC,
+    Baseline("popularity", tuple(schema.TASKS), lambda b: popularity_scorer(b.catalog)),
+    Baseline("cooccurrence", _REC, lambda b: cooccurrence_scorer(b.catalog, b.earlier_rows)),
+    Baseline("cooccurrence_last3", _REC,
              lambda b: cooccurrence_scorer(b.catalog, b.earlier_rows, RECENCY)),
-    Baseline("id_prefix", "Identifier prefix (last 3 items)", _REC,
+    Baseline("id_prefix", _REC,
              lambda b: id_prefix_scorer(b.catalog, _collaborative_codes(b), b.earlier_rows)),
-    Baseline("sasrec", "SASRec", _REC,
-             lambda b: sasrec_scorer(b.embed_dir, b.catalog, b.earlier_rows)),
-    Baseline("sasrec_last{window}", "SASRec (last {window} items)", _REC,
+    Baseline("sasrec", _REC, lambda b: sasrec_scorer(b.embed_dir, b.catalog, b.earlier_rows)),
+    Baseline("sasrec_last{window}", _REC,
              lambda b: sasrec_scorer(b.embed_dir, b.catalog, b.earlier_rows, b.window)),
-    Baseline("sasrec_bce", "SASRec (BCE, one negative)", _REC, _sasrec_bce),
-    Baseline("bm25", "BM25", _SEARCH,
-             lambda b: query_scorer(bm25_query_scores(b.catalog))),
-    Baseline("dense", "Dense (text encoder)", _SEARCH,
+    Baseline("sasrec_bce", _REC, _sasrec_bce),
+    Baseline("bm25", _SEARCH, lambda b: query_scorer(bm25_query_scores(b.catalog))),
+    Baseline("dense", _SEARCH,
              lambda b: query_scorer(dense_query_scores(b.config, b.embed_dir, b.catalog))),
 )
 
 
 def title(key: str) -> str:
   """Display name of a baseline key ("sasrec_last5" -> "SASRec (last 5 items)")."""
-  for entry in REGISTRY:
-    head, templated, tail = entry.name.partition("{window}")
-    if key == entry.name:
-      return entry.title
-    middle = key[len(head):len(key) - len(tail)]
-    if (templated and key.startswith(head) and key.endswith(tail)
-        and len(key) > len(head) + len(tail) and middle.isdigit()):
-      return entry.title.format(window=middle)
-  return key
+  return eval_outputs.baseline_title(key)
 
 
 def evaluate_all(config, ctx: context.StageContext, catalog: schema.Catalog,

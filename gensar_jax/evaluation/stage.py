@@ -30,14 +30,12 @@ from gensar_jax import errors
 from gensar_jax import metrics as metrics_lib
 from gensar_jax import ranking
 from gensar_jax import sharding
-from gensar_jax import tasks as tasks_lib
+from gensar_jax import trained_model
 from gensar_jax.data import dataset
 from gensar_jax.data import schema
 from gensar_jax.evaluation import baselines
 from gensar_jax.evaluation import outputs
 from gensar_jax.identifiers import table as id_table
-from gensar_jax.model import t5 as t5_lib
-from gensar_jax.train import checkpoint as ckpt_lib
 
 INPUTS = ("data", "identifiers", "train", "embed")
 CONFIG_KEYS = ("eval", "embed.text_encoder_dir", "embed.max_text_len")  # The dense baseline encodes.
@@ -92,18 +90,13 @@ def run(config, ctx: context.StageContext) -> dict:
   start = time.time()
   data_dir = ctx.input_dir("data")
   train_dir = ctx.input_dir("train")
-  bundle = ckpt_lib.load_for_decoding(train_dir, "best")
+  trained = trained_model.TrainedModel.load(train_dir, data_dir, "best")
+  bundle, catalog = trained.bundle, trained.catalog
   check_same_identifiers(bundle.identifiers, id_table.load(ctx.input_dir("identifiers")),
                          str(train_dir))
-  catalog = dataset.load_catalog(data_dir)
-  ranking.check_beam(int(config.eval.beam_size), catalog.num_items)
-  builder = tasks_lib.TaskBuilder(catalog, bundle.identifiers, bundle.config.tasks)
-  model = t5_lib.T5(bundle.t5_config)
   v = config.eval
-  ranker = ranking.GenerativeRanker(
-      model, bundle.tokenizer, builder, beam_size=v.beam_size, batch_size=v.batch_size,
-      max_source_len=bundle.config.tasks.max_source_len, score=v.score,
-      mesh=sharding.make_mesh(config.mesh.data_axis))
+  ranker = trained.ranker(trained_model.Decoding.from_config(v),
+                          mesh=sharding.make_mesh(config.mesh.data_axis))
   modes = ranking.MODES if v.full_catalog else ("sampled",)
   metrics: dict = {"checkpoint_step": bundle.step}
   ranks: dict[str, np.ndarray] = {}

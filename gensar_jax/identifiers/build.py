@@ -17,7 +17,6 @@ from gensar_jax.identifiers import resolve
 from gensar_jax.identifiers import table
 from gensar_jax.identifiers import train as train_lib
 
-PARAMS_FILENAME = "params.npz"
 
 
 def code_usage(codes_NxL: np.ndarray) -> list[int]:
@@ -83,7 +82,7 @@ def save_params(path: str | os.PathLike, params: Any) -> pathlib.Path:
   """Writes parameters as a flat npz ("encoder_semantic/dense_0/kernel", ...)."""
   path = pathlib.Path(path)
   if path.suffix != ".npz":
-    path = path / PARAMS_FILENAME
+    path = path / table.PARAMS_FILENAME
   flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
   tmp = path.with_name(path.name + ".tmp.npz")
   np.savez(tmp, **{k: np.asarray(v) for k, v in flat.items()})
@@ -91,15 +90,6 @@ def save_params(path: str | os.PathLike, params: Any) -> pathlib.Path:
   return path
 
 
-def load_flat_params(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Reads what `save_params` wrote, flat ("encoder_semantic/dense_0/kernel": array)."""
-  path = pathlib.Path(path)
-  if path.suffix != ".npz":
-    path = path / PARAMS_FILENAME
-  with np.load(path, allow_pickle=False) as f:
-    return {k: f[k] for k in f.files}
-
-
 def load_params(path: str | os.PathLike) -> dict[str, Any]:
   """Reads what `save_params` wrote, as the nested dict `model.apply` expects."""
-  return traverse_util.unflatten_dict(load_flat_params(path), sep="/")
+  return traverse_util.unflatten_dict(table.load_quantizer_params(path), sep="/")

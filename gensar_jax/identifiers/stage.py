@@ -18,6 +18,7 @@ import numpy as np
 
 from gensar_jax import context
 from gensar_jax import errors
+from gensar_jax import seeds
 from gensar_jax import task_kinds
 from gensar_jax.embed import outputs as embed_outputs
 from gensar_jax.identifiers import build
@@ -26,7 +27,6 @@ from gensar_jax.identifiers import resolve
 from gensar_jax.identifiers import table
 from gensar_jax.identifiers import train as train_lib
 
-_SEED_SALT = 3  # Folded into config.seed so this stage's streams differ from others'.
 
 INPUTS = ("data", "embed")
 CONFIG_KEYS = ("identifiers",)
@@ -90,7 +90,7 @@ def run(config, ctx: context.StageContext) -> dict:
   logging.info("identifiers: %s variant on %d items, levels %s", q.variant, len(item_ids),
                plan.all_levels)
 
-  result = train_lib.train(q, model, inputs, seed=config.seed * 1000 + _SEED_SALT)
+  result = train_lib.train(q, model, inputs, seed=seeds.identifiers(config))
   t0 = time.perf_counter()
   try:
     ids, stats = build.build_identifiers(model, result.params, inputs, item_ids)

@@ -21,6 +21,7 @@ import numpy as np
 from gensar_jax import task_kinds
 
 FILENAME = "identifiers.npz"
+PARAMS_FILENAME = "params.npz"  # The trained quantizer's parameters (`build.save_params`).
 KINDS = task_kinds.KINDS  # ("semantic", "collaborative")
 
 
@@ -84,3 +85,13 @@ def load(path: str | os.PathLike) -> Identifiers:
             f["collaborative_codes"], tuple(f["collaborative_levels"].tolist()), k
         ),
     )
+
+
+def load_quantizer_params(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """The trained quantizer's parameters as `build.save_params` wrote them, flat
+  ("encoder_semantic/dense_0/kernel": array); `path` is the stage folder or the file."""
+  path = pathlib.Path(path)
+  if path.suffix != ".npz":
+    path = path / PARAMS_FILENAME
+  with np.load(path, allow_pickle=False) as f:
+    return {k: f[k] for k in f.files}

@@ -33,12 +33,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from gensar_jax import metrics as metrics_lib
-from gensar_jax import ranking
 from gensar_jax import sharding
-from gensar_jax import tasks as tasks_lib
-from gensar_jax.data import dataset
-from gensar_jax.model import t5 as t5_lib
-from gensar_jax.train import checkpoint as ckpt_lib
+from gensar_jax import trained_model
 
 # A query (after its word limit) keeps at most this many characters per encoder token:
 # far above any real query, it bounds the tokenizer's work on a pathological one (a
@@ -122,50 +118,49 @@ class GenSAR:
   """A trained model with its tokenizer, identifiers and catalog, loaded once.
 
   Args:
-    bundle: the restored checkpoint (`checkpoint.load_for_decoding`).
-    catalog: the data stage's catalog the model was trained on.
-    beam_size / batch_size: decoding settings (default: the run's `eval` section).
+    trained: the restored run (`gensar_jax.trained_model.TrainedModel`).
+    decoding: beam width, decoding batch and scoring (default: the run's own `eval`
+      settings; the infer stage passes the live `eval` section).
     mesh: optional device mesh; batches are sharded over it.
   """
 
-  def __init__(self, bundle: ckpt_lib.DecodingBundle, catalog, *, beam_size: int | None = None,
-               batch_size: int | None = None, mesh=None):
-    cfg = bundle.config
-    self.bundle = bundle
-    self.catalog = catalog
-    self.builder = tasks_lib.TaskBuilder(catalog, bundle.identifiers, cfg.tasks)
+  def __init__(self, trained: trained_model.TrainedModel,
+               decoding: trained_model.Decoding | None = None, *, mesh=None):
+    cfg = trained.trained_config
+    self.trained = trained
+    self.bundle = trained.bundle
+    self.catalog = trained.catalog
+    self.builder = trained.builder
     self.max_rec = int(cfg.data.max_rec_his_len)
     self.max_src = int(cfg.data.max_src_his_len)
-    self.ranker = ranking.GenerativeRanker(
-        t5_lib.T5(bundle.t5_config), bundle.tokenizer, self.builder,
-        beam_size=beam_size or cfg.eval.beam_size, batch_size=batch_size or cfg.eval.batch_size,
-        max_source_len=cfg.tasks.max_source_len, score=cfg.eval.score, mesh=mesh)
+    self.ranker = trained.ranker(decoding, mesh=mesh)
     self.max_query_chars = QUERY_CHARS_PER_TOKEN * self.ranker.max_source_len
-    self._index = {str(a): i for i, a in enumerate(catalog.item_ids)}
+    self._index = {str(a): i for i, a in enumerate(self.catalog.item_ids)}
 
   @classmethod
   def load(cls, workdir: str | pathlib.Path, which: str = "best", *, mesh=None,
-           **kwargs) -> "GenSAR":
+           decoding: trained_model.Decoding | None = None) -> "GenSAR":
     """Loads the trained model of a workdir (its `train` and `data` stages).
 
     Args:
       workdir: the pipeline's workdir.
       which: "best" (best validation) or "latest" checkpoint.
       mesh: a device mesh, or None for one device ("auto": every device).
-      **kwargs: beam_size, batch_size.
+      decoding: as in `GenSAR`.
     """
     workdir = pathlib.Path(workdir)
-    return cls.from_dirs(workdir / "train", workdir / "data", which, mesh=mesh, **kwargs)
+    return cls.from_dirs(workdir / "train", workdir / "data", which, mesh=mesh,
+                         decoding=decoding)
 
   @classmethod
   def from_dirs(cls, train_dir: str | pathlib.Path, data_dir: str | pathlib.Path,
-                which: str = "best", *, mesh=None, **kwargs) -> "GenSAR":
+                which: str = "best", *, mesh=None,
+                decoding: trained_model.Decoding | None = None) -> "GenSAR":
     """Loads a trained model from its train and data stage directories (as `load`)."""
-    bundle = ckpt_lib.load_for_decoding(train_dir, which)
-    catalog = dataset.load_catalog(data_dir)
+    trained = trained_model.TrainedModel.load(train_dir, data_dir, which)
     if mesh == "auto":
-      mesh = sharding.make_mesh(bundle.config.mesh.data_axis)
-    return cls(bundle, catalog, mesh=mesh, **kwargs)
+      mesh = sharding.make_mesh(trained.trained_config.mesh.data_axis)
+    return cls(trained, decoding, mesh=mesh)
 
   @property
   def beam_size(self) -> int:

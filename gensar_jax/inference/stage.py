@@ -37,12 +37,12 @@ import json
 import pathlib
 import time
 
-from absl import logging
 
 from gensar_jax import atomic
 from gensar_jax import context
 from gensar_jax import errors
 from gensar_jax import progress as progress_lib
+from gensar_jax import trained_model
 from gensar_jax.data import dataset
 from gensar_jax.data import schema
 from gensar_jax.inference import api
@@ -53,6 +53,9 @@ _CHUNK = 256  # Requests handed to the model at once (it batches them further).
 
 INPUTS = ("train", "data")  # The model; the catalog and the test split (example requests).
 CONFIG_KEYS = ("infer",)
+# How to decode: the live eval settings, as the eval stage decodes (infer runs every time,
+# so nothing is fingerprinted); and the mesh axis of "auto".
+ALSO_READS = ("eval.beam_size", "eval.batch_size", "eval.score", "mesh.data_axis")
 
 
 def validate(config) -> None:
@@ -245,7 +248,7 @@ def example_requests(model: api.GenSAR, data_dir, count: int) -> list[str]:
   """Request lines from the test split: one recommendation, then searches (count in all)."""
   lines = []
   catalog = model.catalog
-  for task in ("recommendation", "search"):
+  for task in schema.TASKS:
     rows = dataset.load_rows(data_dir, task, "test")
     n = 1 if task == "recommendation" else max(count - 1, 0)
     for r in range(min(n, len(rows["item"]))):
@@ -262,7 +265,8 @@ def run(config, ctx: context.StageContext) -> dict:
   """Answers the request file (or the example requests) and writes the answers."""
   start = time.time()
   data_dir = ctx.input_dir("data")
-  model = api.GenSAR.from_dirs(ctx.input_dir("train"), data_dir, mesh="auto")
+  model = api.GenSAR.from_dirs(ctx.input_dir("train"), data_dir, mesh="auto",
+                               decoding=trained_model.Decoding.from_config(config.eval))
   i = config.infer
   if i.requests:
     lines = read_request_lines(i.requests)

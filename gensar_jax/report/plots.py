@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from gensar_jax.data import schema  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 
 def tradeoff_figure(entries: Sequence[Mapping], protocol: str = "sampled",
                     metric: str = "ndcg@10"):
@@ -22,7 +24,7 @@ def tradeoff_figure(entries: Sequence[Mapping], protocol: str = "sampled",
                  ("tab:gray", "--"), ("k", ":"), ("tab:orange", "-.")] * 3)
   markers = iter("osD^vP*Xh" * 4)
   for e in entries:
-    task_m = {t: e.get(t, {}).get(protocol, {}) for t in ("recommendation", "search")}
+    task_m = {t: e.get(t, {}).get(protocol, {}) for t in schema.TASKS}
     rec, srch = task_m["recommendation"].get(metric), task_m["search"].get(metric)
     rec_se = task_m["recommendation"].get(f"{metric}_se", 0.0)
     srch_se = task_m["search"].get(f"{metric}_se", 0.0)

@@ -15,9 +15,12 @@ import pathlib
 from gensar_jax import atomic
 from gensar_jax import context
 from gensar_jax import errors
+from gensar_jax import seeds
+from gensar_jax.data import schema
 from gensar_jax.report import plots
 from gensar_jax.report import tables
-from gensar_jax.train import logging_utils
+from gensar_jax.train import outputs as train_outputs
+from gensar_jax.trainer import logging_utils
 
 RESULTS_MD = "results.md"
 RESULTS_JSON = "results.json"
@@ -70,14 +73,11 @@ def settings_lines(config, ctx: context.StageContext, main: dict,
                    plots_drawn: dict[str, str]) -> list[str]:
   """The header of results.md: what produced the numbers, and the plots beside it."""
   s = main.get("settings", {})
-  rows = {t: main[t]["sampled"]["count"] for t in ("recommendation", "search")
+  rows = {t: main[t]["sampled"]["count"] for t in schema.TASKS
           if "sampled" in main.get(t, {})}
   train_seed = None
-  if ctx.has_input("train") and (ctx.input_dir("train") / "config.json").exists():
-    import json  # pylint: disable=g-import-not-at-top
-
-    recorded = json.loads((ctx.input_dir("train") / "config.json").read_text())
-    train_seed = int(recorded.get("train", {}).get("seed", 0)) or int(recorded.get("seed", 0))
+  if ctx.has_input("train") and (ctx.input_dir("train") / train_outputs.CONFIG).exists():
+    train_seed = seeds.train(train_outputs.load_config(ctx.input_dir("train")))
   lines = [
       f"- preset `{config.get('preset', '?')}`, seed {config.get('seed', '?')}"
       + (f", training seed {train_seed}" if train_seed is not None else "")
@@ -103,7 +103,7 @@ def run(config, ctx: context.StageContext) -> dict:
     raise errors.PipelineError(f"nothing to report: no eval/metrics.json in {ctx.workdir}")
   title = f"GenSAR results: {config.data.category}"
   main = tables.read_metrics(ctx.workdir) or {}
-  agreement = {t: main[t]["agreement"] for t in ("recommendation", "search")
+  agreement = {t: main[t]["agreement"] for t in schema.TASKS
                if "agreement" in main.get(t, {})}
   drawn = []
   if config.report.plots:

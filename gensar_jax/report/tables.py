@@ -13,7 +13,6 @@ from collections.abc import Mapping
 
 from gensar_jax import metrics as metrics_lib
 from gensar_jax.data import schema
-from gensar_jax.evaluation import baselines
 from gensar_jax.evaluation import outputs as eval_outputs
 
 PROTOCOLS = ("sampled", "full")
@@ -22,9 +21,9 @@ _PROTOCOL_TITLES = {"sampled": "100 candidates (positive + 99 stored negatives)"
 
 
 def baseline_name(key: str) -> str:
-  """Display name of a baseline key, from `baselines.REGISTRY` ("sasrec_last5" ->
-  "SASRec (last 5 items)"; an unknown key is its own name)."""
-  return baselines.title(key)
+  """Display name of a baseline key, from the eval stage's `BASELINE_TITLES`
+  ("sasrec_last5" -> "SASRec (last 5 items)"; an unknown key is its own name)."""
+  return eval_outputs.baseline_title(key)
 
 
 def read_metrics(workdir: pathlib.Path) -> dict | None:

@@ -3,7 +3,7 @@
 Reads the data stage (catalog, training rows, validation rows), the identifiers stage
 and, when `config.doc2query.enabled` and that stage has run, the doc2query stage's
 pseudo-queries. Builds (or, on resume, reloads) the tokenizer, writes everything
-decoding needs next to the checkpoints (`checkpoint.write_decoding_files`), and trains
+decoding needs next to the checkpoints (`outputs.write_decoding_files`), and trains
 with `loop.train`. Validation decodes the last `train.eval_rows` validation rows of
 each task against their stored candidates with the ranker eval and inference use
 (`gensar_jax.ranking.GenerativeRanker`, ranking by `eval.rank` and `eval.score`, which
@@ -26,22 +26,21 @@ from gensar_jax import context
 from gensar_jax import errors
 from gensar_jax import metrics as metrics_lib
 from gensar_jax import ranking
+from gensar_jax import seeds
 from gensar_jax import sharding
 from gensar_jax import tasks as tasks_lib
 from gensar_jax.data import dataset
 from gensar_jax.data import schema
 from gensar_jax.doc2query import outputs as d2q_outputs
-from gensar_jax.identifiers import build as id_build
 from gensar_jax.identifiers import table as id_table
 from gensar_jax.model import code_init
 from gensar_jax.model import t5 as t5_lib
 from gensar_jax.model import tokenizer as tok_lib
-from gensar_jax.train import checkpoint as ckpt_lib
+from gensar_jax.train import outputs as train_outputs
 from gensar_jax.train import curve
-from gensar_jax.train import logging_utils
-from gensar_jax.train import loop
+from gensar_jax.trainer import logging_utils
+from gensar_jax.trainer import loop
 
-_SEED_SALT = 5  # Folded into config.seed for the model's initialisation.
 
 INPUTS = ("data", "identifiers", "doc2query")
 OPTIONAL_INPUTS = ("doc2query",)
@@ -120,18 +119,12 @@ def level_names(identifiers: id_table.Identifiers) -> list[str]:
 def make_tokenizer(config, ctx, builder: tasks_lib.TaskBuilder,
                    identifiers: id_table.Identifiers) -> tok_lib.Tokenizer:
   """The run's tokenizer: reloaded from the stage directory on resume, else built."""
-  folder = ctx.dir / ckpt_lib.TOKENIZER
+  folder = ctx.dir / train_outputs.TOKENIZER
   if (folder / tok_lib.TOKENIZER_FILE).exists():
     return tok_lib.Tokenizer.load(folder)
   tok = tok_lib.build(config.tokenizer, builder.tokenizer_texts(), level_names(identifiers),
                       identifiers.semantic.codebook_size)
   return tok
-
-
-def train_seed(config) -> int:
-  """The training's seed (initialisation, example sampling, batch order, dropout):
-  `config.train.seed`, or the master `config.seed` when that is 0."""
-  return int(config.train.seed) or int(config.seed)
 
 
 def make_model(config, vocab_size: int):
@@ -142,7 +135,7 @@ def make_model(config, vocab_size: int):
     try:
       t5_config, params = hf_import.load(
           config.model.init_checkpoint_dir, vocab_size=vocab_size,
-          seed=train_seed(config) + _SEED_SALT, dtype=config.model.dtype,
+          seed=seeds.model_init(config), dtype=config.model.dtype,
           dropout_rate=float(config.model.dropout_rate))
     except (OSError, KeyError, ValueError) as e:
       raise errors.PipelineError(
@@ -151,7 +144,7 @@ def make_model(config, vocab_size: int):
                  config.model.init_checkpoint_dir)
   else:
     t5_config = t5_lib.T5Config.from_config(config.model, vocab_size)
-    params = t5_lib.init_params(t5_config, jax.random.key(train_seed(config) + _SEED_SALT))
+    params = t5_lib.init_params(t5_config, jax.random.key(seeds.model_init(config)))
   return t5_lib.T5(t5_config), params
 
 
@@ -159,13 +152,26 @@ def init_code_embeddings(config, params, tokenizer: tok_lib.Tokenizer, ids_dir):
   """`config.model.code_init == "codebook"`: code-token rows from the quantizer's codebooks."""
   if config.model.code_init == "random":
     return params
-  codebooks = code_init.quantizer_codebooks(id_build.load_flat_params(ids_dir))
+  codebooks = code_init.quantizer_codebooks(id_table.load_quantizer_params(ids_dir))
   emb = params["params"]["shared"]["embedding"]
   new = code_init.apply(np.asarray(emb), codebooks, tokenizer.level_offsets,
-                        train_seed(config) + _SEED_SALT)
+                        seeds.model_init(config))
   params = jax.tree.map(lambda x: x, params)  # a new tree; the leaves are shared
   params["params"]["shared"]["embedding"] = jax.numpy.asarray(new)
   return params
+
+
+def task_passes(builder: tasks_lib.TaskBuilder, train_rows, steps: int,
+                batch_size: int) -> dict[str, float]:
+  """Per task, how many times the run's examples cover the rows (or items) it draws from:
+  the examples of `steps` steps, spread over the tasks as in an epoch, divided by what
+  the task can draw from (below 1: some rows were never seen; rows are sampled afresh
+  every epoch, so even at 1 some may be missed)."""
+  counts = builder.epoch_counts(train_rows)
+  available = builder.available(train_rows)
+  epochs = steps * batch_size / max(sum(counts.values()), 1)
+  return {t: round(counts[t] * epochs / available[t], 3) if available[t] else 0.0
+          for t in counts}
 
 
 WARM_START_DIR = "warm_start"  # The warm start's checkpoints and log, inside the stage's folder.
@@ -195,7 +201,7 @@ def run_warm_start(config, ctx, *, builder, tokenizer, model, params, train_rows
                float(np.mean([len(s) for s in src])))
   result = loop.train(warm_start_section(config.train), ctx.dir / WARM_START_DIR, model=model,
                       init_params=params, make_epoch=lambda epoch: (src, tgt),
-                      seed=train_seed(config), mesh=mesh,
+                      seed=seeds.train(config), mesh=mesh,
                       shard_params=bool(config.mesh.shard_params), name="train.warm_start")
   return result.summary(), result.params
 
@@ -216,17 +222,17 @@ def run(config, ctx: context.StageContext) -> dict:
   params = init_code_embeddings(config, params, tokenizer, ids_dir)
   if jax.process_index() == 0:
     record = ctx.config_record() if ctx.config_record else config.to_json(indent=2)
-    ckpt_lib.write_decoding_files(ctx.dir, record, model.config, tokenizer, ids_dir)
+    train_outputs.write_decoding_files(ctx.dir, record, model.config, tokenizer, ids_dir)
   logging.info("train: vocabulary %d, %d parameters, epoch mixture %s", tokenizer.vocab_size,
                sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)),
                builder.epoch_counts(train_rows))
 
-  tc = config.tasks
+  tasks_cfg = config.tasks
 
   def make_epoch(epoch: int):
-    examples = builder.epoch_examples(train_rows, train_seed(config), epoch)
-    src, _ = tokenizer.encode_prompts([e.source for e in examples], tc.max_source_len)
-    tgt = tokenizer.encode_batch([e.target for e in examples], tc.max_target_len)
+    examples = builder.epoch_examples(train_rows, seeds.train(config), epoch)
+    src, _ = tokenizer.encode_prompts([e.source for e in examples], tasks_cfg.max_source_len)
+    tgt = tokenizer.encode_batch([e.target for e in examples], tasks_cfg.max_target_len)
     return ([np.asarray(s, np.int32) for s in src], [np.asarray(t, np.int32) for t in tgt])
 
   mesh = sharding.make_mesh(config.mesh.data_axis)
@@ -236,7 +242,7 @@ def run(config, ctx: context.StageContext) -> dict:
                                   params=params, train_rows=train_rows, mesh=mesh)
   ranker = ranking.GenerativeRanker(
       model, tokenizer, builder, beam_size=config.eval.beam_size,
-      batch_size=config.eval.batch_size, max_source_len=tc.max_source_len,
+      batch_size=config.eval.batch_size, max_source_len=tasks_cfg.max_source_len,
       score=config.eval.score, mesh=mesh)
   val_rows = {}
   for task in schema.TASKS:
@@ -261,7 +267,7 @@ def run(config, ctx: context.StageContext) -> dict:
     return out
 
   result = loop.train(config.train, ctx.dir, model=model, init_params=params,
-                      make_epoch=make_epoch, seed=train_seed(config), mesh=mesh,
+                      make_epoch=make_epoch, seed=seeds.train(config), mesh=mesh,
                       shard_params=bool(config.mesh.shard_params),
                       validate=validate_fn if config.train.eval_rows != 0 else None)
   summary = result.summary()
@@ -271,6 +277,7 @@ def run(config, ctx: context.StageContext) -> dict:
       "vocab_size": tokenizer.vocab_size,
       "parameters": int(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))),
       "epoch_examples": builder.epoch_counts(train_rows),
+      "task_passes": task_passes(builder, train_rows, summary["steps"], config.train.batch_size),
       "pseudo_queries": pseudo is not None,
       "warm_start": warm,
       "devices": int(mesh.devices.size),

@@ -46,10 +46,10 @@ from gensar_jax import sharding
 from gensar_jax.errors import Diverged
 from gensar_jax.errors import PipelineError
 from gensar_jax.errors import Preempted
-from gensar_jax.train import batches as batches_lib
-from gensar_jax.train import checkpoint as ckpt_lib
-from gensar_jax.train import logging_utils
-from gensar_jax.train import step as step_lib
+from gensar_jax.trainer import batches as batches_lib
+from gensar_jax.trainer import checkpoint as ckpt_lib
+from gensar_jax.trainer import logging_utils
+from gensar_jax.trainer import step as step_lib
 
 # make_epoch(epoch) -> (source ids per example, target ids per example), eos included.
 EpochFn = Callable[[int], tuple[list[np.ndarray], list[np.ndarray]]]
@@ -242,107 +242,49 @@ def train(
 
   log = logging_utils.MetricLogger(train_dir, enabled=pidx == 0)
   log.drop_after(int(resume_step or 0))  # Steps after the restored checkpoint are redone.
-  param_counts = logging_utils.split_param_counts(init_params, model.config.vocab_size)
-  peak = logging_utils.peak_flops(mesh.devices.flat[0])
-  t_start = time.time() - prog.elapsed_s
   if prog.iterator is not None and prog.iterator.get("next_index", 0) >= steps_per_epoch:
     prog.epoch, prog.iterator = prog.epoch + 1, None
-
-  step = int(resume_step or 0)
-  window = Window(prog.window_losses)
-  in_flight: collections.deque = collections.deque()
-  rates: list[float] = []
-  step_s = 0.0  # Wall time between logging points (steps; not validation), this session.
+  run = _Run(
+      tc=tc, name=name, train_dir=train_dir, seed=seed, n_dev=n_dev, ckpt=ckpt, log=log,
+      bar=progress_lib.bar(total=total_steps, initial=int(resume_step or 0), show=pidx == 0,
+                           desc="train", unit="step", dynamic_ncols=True),
+      prog=prog, state=state, step=int(resume_step or 0), window=Window(prog.window_losses),
+      t_start=time.time() - prog.elapsed_s, validate=validate,
+      param_counts=logging_utils.split_param_counts(init_params, model.config.vocab_size),
+      peak=logging_utils.peak_flops(mesh.devices.flat[0]))
   t_session = time.time()
-  bar = progress_lib.bar(total=total_steps, initial=step, show=pidx == 0,
-                         desc="train", unit="step", dynamic_ncols=True)
 
-  def diverged(bad_step: int, got: dict) -> Diverged:
-    """Logs the non-finite step and builds the error (after closing what is open)."""
-    log.write(bad_step, "train", {k: float(got[k]) for k in ("loss", "grad_norm")})
-    _close_quietly(ckpt, log, bar)
-    kept = ckpt.latest_step()
-    return Diverged(
-        f"training diverged at step {bad_step} (loss {float(got['loss']):.4g}, gradient "
-        f"norm {float(got['grad_norm']):.4g}); lower {name}.learning_rate (now "
-        f"{tc.learning_rate:g}) or {name}.grad_clip; "
-        + (f"the last good checkpoint (step {kept}) is kept in {train_dir}"
-           if kept is not None else "no checkpoint was written"))
-
-  def drain() -> None:
-    """Waits for every step in flight and checks it (before a save or validation)."""
-    while in_flight:
-      _check_finite(*in_flight.popleft(), diverged)
-
-  def save(it_state, best: bool = False) -> None:
-    drain()
-    prog.elapsed_s = time.time() - t_start
-    meta = dataclasses.asdict(prog) | {
-        "iterator": it_state, "window_losses": window.losses(), "seed": seed}
-    if best:
-      ckpt.save_best(step, state.params, meta)
-    else:
-      ckpt.save(step, state.params, state.opt_state, meta)
-
-  def log_window() -> None:
-    nonlocal window, step_s
-    drain()  # The host waits for the parameters below anyway.
-    jax.block_until_ready(state.params)
-    scalars, dt = window.scalars(prog.epoch, n_dev)
-    if peak:
-      flops = logging_utils.step_flops(param_counts, window.src_tokens, window.tgt_tokens)
-      scalars["mfu"] = flops / dt / n_dev / peak
-    if step > 1:
-      rates.append(window.examples / dt)
-      step_s += dt
-    prog.loss_start = scalars["loss"] if prog.loss_start is None else prog.loss_start
-    prog.loss_end = scalars["loss"]
-    log.write(step, "train", scalars, echo=step % tc.log_every_steps == 0 or at_end)
-    bar.set_postfix(loss=f"{scalars['loss']:.4f}")
-    window = Window()
-
-  def run_validation(position: float) -> bool:
-    """Validates; returns whether these parameters are the best so far."""
-    drain()
-    scores = validate(state.params, step)
-    prog.last_validated = step
-    scores.update(minutes=(time.time() - t_start) / 60.0, epoch=position)
-    log.write(step, "validation", scores)
-    window.t0 = time.time()
-    if prog.best_score is not None and scores["score"] <= prog.best_score:
-      return False
-    prog.best_score, prog.best_step, prog.best_validation = float(scores["score"]), step, dict(scores)
-    return True
-
-  done = step >= stop_at or prog.budget_hit
-  with stop_signals() as stop, _closing_on_error(ckpt, log, bar):
+  done = run.step >= stop_at or prog.budget_hit
+  with stop_signals() as stop, _closing_on_error(ckpt, log, run.bar):
     while not done and prog.epoch < num_epochs:
       eb = first if prog.epoch == 0 else epoch_batches(prog.epoch)
       it = eb.iterator(prog.iterator)
       prog.iterator = None
       for local in it:
-        state, metrics = step_fn(state, sharding.global_batch(local, mesh, batch_dim=1), rng)
-        step += 1
-        _bound_in_flight(in_flight, step, metrics, diverged)
+        run.state, metrics = step_fn(run.state, sharding.global_batch(local, mesh, batch_dim=1),
+                                     rng)
+        run.step += 1
+        step = run.step
+        _bound_in_flight(run.in_flight, step, metrics, run.diverged)
         ckpt.check_for_errors()
-        window.add(metrics, tc.batch_size, int((local["src"] != 0).sum()) * pcount,
-                   int((local["tgt"] != 0).sum()) * pcount)
-        bar.update(1)
-        if budget_s and not prog.budget_hit and time.time() - t_start >= budget_s:
+        run.window.add(metrics, tc.batch_size, int((local["src"] != 0).sum()) * pcount,
+                       int((local["tgt"] != 0).sum()) * pcount)
+        run.bar.update(1)
+        if budget_s and not prog.budget_hit and time.time() - run.t_start >= budget_s:
           prog.budget_hit = True
           logging.info("max_minutes (%.1f) spent at step %d: validating, saving, stopping",
                        budget_s / 60, step)
         at_end = step >= stop_at or prog.budget_hit
         if step % tc.log_every_steps == 0 or at_end or step == 1:
-          log_window()
+          run.log_window(at_end)
         position = it.get_state()["next_index"] / len(eb)
         validate_now = validate is not None and (
             (position >= 1 and (prog.epoch + 1) % tc.eval_every_epochs == 0)
             or (at_end and prog.last_validated != step))
-        if validate_now and run_validation(prog.epoch + position):
-          save(it.get_state(), best=True)
+        if validate_now and run.validation(prog.epoch + position):
+          run.save(it.get_state(), best=True)
         if step % tc.checkpoint_every_steps == 0 or at_end or validate_now or stop["signal"]:
-          save(it.get_state())
+          run.save(it.get_state())
         if stop["signal"]:  # `_closing_on_error` finishes the save before it propagates.
           raise Preempted(f"stopped by {stop['signal']} at step {step}; checkpoint saved in "
                           f"{train_dir}; run the same command again to resume")
@@ -351,22 +293,112 @@ def train(
           break
       else:
         prog.epoch += 1
-    bar.close()
-    if step > 0 and ckpt.latest_step() != step:
-      save(None)
-    drain()
+    run.bar.close()
+    if run.step > 0 and ckpt.latest_step() != run.step:
+      run.save(None)
+    run.drain()
   ckpt.close()
   log.close()
   return TrainResult(
-      steps=step, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+      steps=run.step, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
       loss_start=prog.loss_start, loss_end=prog.loss_end, best_score=prog.best_score,
       best_step=prog.best_step, best_validation=prog.best_validation,
-      examples_per_s=float(np.mean(rates)) if rates else None,
-      resumed_from=resume_step, minutes=round((time.time() - t_start) / 60.0, 2),
+      examples_per_s=float(np.mean(run.rates)) if run.rates else None,
+      resumed_from=resume_step, minutes=round((time.time() - run.t_start) / 60.0, 2),
       budget_hit=prog.budget_hit,
-      step_fraction=round(step_s / max(time.time() - t_session, 1e-9), 3),
-      params=state.params,
+      step_fraction=round(run.step_s / max(time.time() - t_session, 1e-9), 3),
+      params=run.state.params,
   )
+
+
+@dataclasses.dataclass
+class _Run:
+  """The state of one training session that the step loop and its helpers share: the
+  train state and step, the open log window, the steps in flight, and the speed figures."""
+
+  tc: Any  # The trainer section.
+  name: str  # Its dotted name, for messages.
+  train_dir: pathlib.Path
+  seed: int
+  n_dev: int
+  ckpt: ckpt_lib.Checkpointer
+  log: logging_utils.MetricLogger
+  bar: Any
+  prog: Progress
+  state: Any  # step_lib.TrainState
+  step: int
+  window: Window
+  t_start: float  # Wall-clock start of the training across resumes.
+  validate: ValidateFn | None
+  param_counts: Any
+  peak: float | None
+  in_flight: collections.deque = dataclasses.field(default_factory=collections.deque)
+  rates: list = dataclasses.field(default_factory=list)  # examples/s of each log window.
+  step_s: float = 0.0  # Wall time between logging points (steps; not validation).
+
+  def diverged(self, bad_step: int, got: dict) -> Diverged:
+    """Logs the non-finite step and builds the error (after closing what is open)."""
+    self.log.write(bad_step, "train", {k: float(got[k]) for k in ("loss", "grad_norm")})
+    _close_quietly(self.ckpt, self.log, self.bar)
+    kept = self.ckpt.latest_step()
+    return Diverged(
+        f"training diverged at step {bad_step} (loss {float(got['loss']):.4g}, gradient "
+        f"norm {float(got['grad_norm']):.4g}); lower {self.name}.learning_rate (now "
+        f"{self.tc.learning_rate:g}) or {self.name}.grad_clip; "
+        + (f"the last good checkpoint (step {kept}) is kept in {self.train_dir}"
+           if kept is not None else "no checkpoint was written"))
+
+  def drain(self) -> None:
+    """Waits for every step in flight and checks it (before a save or validation)."""
+    while self.in_flight:
+      _check_finite(*self.in_flight.popleft(), self.diverged)
+
+  def save(self, it_state, best: bool = False) -> None:
+    """A checkpoint of this step (periodic, or the best so far) with the host state."""
+    self.drain()
+    self.prog.elapsed_s = time.time() - self.t_start
+    meta = dataclasses.asdict(self.prog) | {
+        "iterator": it_state, "window_losses": self.window.losses(), "seed": self.seed}
+    if best:
+      self.ckpt.save_best(self.step, self.state.params, meta)
+    else:
+      self.ckpt.save(self.step, self.state.params, self.state.opt_state, meta)
+
+  def log_window(self, at_end: bool) -> None:
+    """Writes the open window's log record (echoed at the logging interval and the end)
+    and opens a new window."""
+    self.drain()  # The host waits for the parameters below anyway.
+    jax.block_until_ready(self.state.params)
+    scalars, dt = self.window.scalars(self.prog.epoch, self.n_dev)
+    if self.peak:
+      flops = logging_utils.step_flops(self.param_counts, self.window.src_tokens,
+                                       self.window.tgt_tokens)
+      scalars["mfu"] = flops / dt / self.n_dev / self.peak
+    if self.step > 1:
+      self.rates.append(self.window.examples / dt)
+      self.step_s += dt
+    prog = self.prog
+    prog.loss_start = scalars["loss"] if prog.loss_start is None else prog.loss_start
+    prog.loss_end = scalars["loss"]
+    self.log.write(self.step, "train", scalars,
+                   echo=self.step % self.tc.log_every_steps == 0 or at_end)
+    self.bar.set_postfix(loss=f"{scalars['loss']:.4f}")
+    self.window = Window()
+
+  def validation(self, position: float) -> bool:
+    """Validates; returns whether these parameters are the best so far."""
+    self.drain()
+    scores = self.validate(self.state.params, self.step)
+    prog = self.prog
+    prog.last_validated = self.step
+    scores.update(minutes=(time.time() - self.t_start) / 60.0, epoch=position)
+    self.log.write(self.step, "validation", scores)
+    self.window.t0 = time.time()
+    if prog.best_score is not None and scores["score"] <= prog.best_score:
+      return False
+    prog.best_score, prog.best_step, prog.best_validation = (
+        float(scores["score"]), self.step, dict(scores))
+    return True
 
 
 def _initial_state(ckpt, init_params, tx, mesh, shard_params: bool):

@@ -22,7 +22,6 @@ import numpy as np
 
 from gensar_jax.padding import bucket_length
 from gensar_jax.padding import pad_stack
-from gensar_jax.padding import SOURCE_BUCKETS
 from gensar_jax.padding import TARGET_BUCKETS
 from gensar_jax.padding import TRAIN_SOURCE_BUCKETS
 
