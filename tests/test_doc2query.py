@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from gensar_jax import pipeline
+from gensar_jax import seeds
 from gensar_jax.data import schema
 from gensar_jax.doc2query import model as d2q
 from gensar_jax.doc2query import outputs as d2q_outputs
@@ -192,7 +193,7 @@ def _generate(staged, cfg, seed, texts=None):
 def test_generation_is_deterministic_for_a_seed(staged):
   config = _config()
   cfg = config.doc2query
-  seed = int(config.seed) + d2q_stage._SEED_SALT  # pylint: disable=protected-access
+  seed = seeds.doc2query(config)
   blob = json.loads((staged["ctx"].dir / d2q_outputs.QUERIES_FILE).read_text())
   assert _generate(staged, cfg, seed) == blob["queries"]
   # A flat distribution: another seed draws other queries, the same seed the same ones.

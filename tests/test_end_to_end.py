@@ -302,3 +302,16 @@ def test_warm_start_trains_first_and_hands_its_parameters_to_the_mixture(tiny_ru
   # Every NRIP row is in every epoch: its passes are the run's epochs.
   epochs = got["steps"] * 16 / sum(got["epoch_examples"].values())
   assert got["task_passes"]["nrip"] == pytest.approx(epochs, abs=1e-3)
+
+
+def test_infer_decodes_with_the_command_lines_beam_like_eval(finished, tmp_path):
+  workdir, _ = finished
+  config = tiny_config(stages="data,embed,identifiers,doc2query,train,infer",
+                       **{"eval.beam_size": 3})
+  config.reuse_from = str(workdir)  # The finished stages are linked, not recomputed.
+  summary = pipeline.run(config, tmp_path)["infer"]
+  answers = [json.loads(x) for x in
+             (tmp_path / "infer" / "example_answers.jsonl").read_text().splitlines()]
+  assert len(answers) == 3 and summary
+  for a in answers:  # infer.k (10) lowered to the live beam (3), not the trained run's (5).
+    assert len(a["items"]) == 3, a
