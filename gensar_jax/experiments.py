@@ -64,6 +64,7 @@ from absl import flags
 import numpy as np
 
 from gensar_jax import compute_trend
+from gensar_jax import metrics as metrics_lib
 from gensar_jax import task_kinds
 from gensar_jax.data import schema
 from gensar_jax.decoding import beam_search
@@ -145,7 +146,7 @@ def seed_summary(metrics_list: Sequence[dict]) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   def methods(m):
-    out = {"gensar": {t: {mode: m[t][mode] for mode in ("sampled", "full") if mode in m[t]}
+    out = {"gensar": {t: {mode: m[t][mode] for mode in metrics_lib.PROTOCOLS if mode in m[t]}
                       for t in TASKS if t in m}}
     out.update(m.get("baselines", {}))
     return out
@@ -199,7 +200,6 @@ def rescore(workdir: str | pathlib.Path, score: str, rows: int = 0) -> dict:
   """
   # pylint: disable=g-import-not-at-top
   from gensar_jax.data import dataset
-  from gensar_jax import metrics as metrics_lib
   from gensar_jax import ranking
   # pylint: enable=g-import-not-at-top
 
@@ -244,7 +244,6 @@ def compare(workdir_a: str | pathlib.Path, workdir_b: str | pathlib.Path) -> dic
   Validation rows only: recipes are chosen here, never on test rows.
   """
   # pylint: disable=g-import-not-at-top
-  from gensar_jax import metrics as metrics_lib
   # pylint: enable=g-import-not-at-top
 
   a, b = validation_ranks(workdir_a), validation_ranks(workdir_b)
@@ -278,7 +277,6 @@ def popularity_alignment(scores_RxC: np.ndarray, popularity_RxC: np.ndarray,
      than its positive, "ndcg@10": {beta: NDCG@10 of score - beta * log(1 + pop)}}.
   """
   # pylint: disable=g-import-not-at-top
-  from gensar_jax import metrics as metrics_lib
   # pylint: enable=g-import-not-at-top
 
   log_pop = np.log1p(np.asarray(popularity_RxC, np.float64))
@@ -327,7 +325,6 @@ def choose_prior_weight(scores_RxC: np.ndarray, log_prior_RxC: np.ndarray,
   """The weight `a` of `score - a * log prior` with the best NDCG@10 on these rows (the
   smallest of ties), and every weight's NDCG@10. Column 0 holds each row's positive."""
   # pylint: disable=g-import-not-at-top
-  from gensar_jax import metrics as metrics_lib
   # pylint: enable=g-import-not-at-top
 
   got = {float(b): float(metrics_lib.gains(metrics_lib.ranks_from_scores(
@@ -345,7 +342,6 @@ def prior_corrected(workdir: str | pathlib.Path, rows: int = 0) -> dict:
   replacing it; paired against it on the same test rows.
   """
   # pylint: disable=g-import-not-at-top
-  from gensar_jax import metrics as metrics_lib
   from gensar_jax import ranking
   from gensar_jax.data import dataset
   # pylint: enable=g-import-not-at-top

@@ -27,6 +27,9 @@ from gensar_jax import errors
 KS = (1, 5, 10)  # HR cut-offs reported.
 NDCG_KS = (5, 10)  # NDCG cut-offs reported.
 METRIC_KEYS = tuple(f"hr@{k}" for k in KS) + tuple(f"ndcg@{k}" for k in NDCG_KS)
+# The two ranking protocols (their keys in metrics.json) and the words for them.
+PROTOCOLS = ("sampled", "full")
+PROTOCOL_WORDS = {"sampled": "100 candidates", "full": "whole catalog"}
 
 
 def check_scores(scores: np.ndarray) -> None:

@@ -37,7 +37,7 @@ from gensar_jax.decoding import beam_search
 from gensar_jax.decoding import exact as exact_lib
 from gensar_jax.decoding import trie
 
-MODES = ("sampled", "full")
+MODES = metrics_lib.PROTOCOLS
 RANKS = ("exact", "beam")
 TIE_SEED = 0  # Seed of the random tie-breaking of exact scores (fixed: reproducible).
 

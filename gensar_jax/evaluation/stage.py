@@ -33,6 +33,7 @@ from gensar_jax import sharding
 from gensar_jax import trained_model
 from gensar_jax.data import dataset
 from gensar_jax.data import schema
+from gensar_jax.decoding import beam_search
 from gensar_jax.evaluation import baselines
 from gensar_jax.evaluation import outputs
 from gensar_jax.identifiers import table as id_table
@@ -55,8 +56,9 @@ def validate(config) -> None:
   v = config.eval
   if v.beam_size < 1 or v.batch_size < 1:
     raise errors.PipelineError("config.eval.beam_size and batch_size must be >= 1")
-  if v.score not in ("allowed", "full"):
-    raise errors.PipelineError(f"config.eval.score must be 'allowed' or 'full', got {v.score!r}")
+  if v.score not in beam_search.SCORES:
+    raise errors.PipelineError(
+        f"config.eval.score must be one of {beam_search.SCORES}, got {v.score!r}")
   if v.rank not in ranking.RANKS:
     raise errors.PipelineError(
         f"config.eval.rank must be one of {ranking.RANKS}, got {v.rank!r}")
@@ -141,7 +143,6 @@ def run(config, ctx: context.StageContext) -> dict:
   }
 
 
-PROTOCOL_WORDS = {"sampled": "100 candidates", "full": "whole catalog"}  # metrics.json keys.
 
 
 def summary_text(metrics: dict, path) -> str:
@@ -152,11 +153,11 @@ def summary_text(metrics: dict, path) -> str:
   for task in schema.TASKS:
     methods = {"GenSAR": metrics[task]}
     methods.update({k: v[task] for k, v in metrics["baselines"].items() if task in v})
-    for mode in ("sampled", "full"):
+    for mode in ranking.MODES:
       cells = [f"{name} {m[mode]['ndcg@10']:.4f} ± {m[mode]['ndcg@10_se']:.4f}"
                for name, m in methods.items() if mode in m]
       if cells:
-        lines.append(f"  {task}, {PROTOCOL_WORDS[mode]}: " + ", ".join(cells))
+        lines.append(f"  {task}, {metrics_lib.PROTOCOL_WORDS[mode]}: " + ", ".join(cells))
   lines.append(f"  written to {path}")
   return "\n".join(lines)
 

@@ -15,7 +15,7 @@ from gensar_jax import metrics as metrics_lib
 from gensar_jax.data import schema
 from gensar_jax.evaluation import outputs as eval_outputs
 
-PROTOCOLS = ("sampled", "full")
+PROTOCOLS = metrics_lib.PROTOCOLS
 _PROTOCOL_TITLES = {"sampled": "100 candidates (positive + 99 stored negatives)",
                     "full": "whole catalog"}
 
