@@ -4,6 +4,8 @@
     model = api.GenSAR.load("/tmp/office")           # a workdir whose train stage ran
     model.recommend([[("rec", "I000123"), ("search", "gel pen", "I000456")]], k=5)
     model.search([[("rec", "I000123")]], ["stapler"], k=5)
+    # Another beam, batch or scoring than the run's own eval settings:
+    #   api.GenSAR.load(workdir, decoding=trained_model.Decoding(50, 32, "full"))
 
 A history is a list of events in time order: `("rec", item_id)` or
 `("search", query, item_id)`, item ids and queries as text. Like the training data,
