@@ -149,6 +149,16 @@ class Example:
   target: str
 
 
+def encode_examples(tokenizer, examples: Sequence[Example], max_source_len: int,
+                    max_target_len: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+  """(source ids, target ids) of examples as training reads them: int32, eos included,
+  sources fitted to `max_source_len` by `Prompt`'s rule, targets cut at `max_target_len`
+  (`tokenizer`: a `gensar_jax.model.tokenizer.Tokenizer`)."""
+  src, _ = tokenizer.encode_prompts([e.source for e in examples], max_source_len)
+  tgt = tokenizer.encode_batch([e.target for e in examples], max_target_len)
+  return ([np.asarray(s, np.int32) for s in src], [np.asarray(t, np.int32) for t in tgt])
+
+
 def _truncate_words(text: str, max_words: int) -> str:
   words = text.split()
   return " ".join(words[:max_words])

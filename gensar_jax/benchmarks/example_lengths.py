@@ -54,8 +54,8 @@ def lengths(workdir: pathlib.Path, prompt_style: str, warm_start: bool,
   examples = (builder.warm_start_examples(rows) if warm_start
               else builder.epoch_examples(rows, seed, 0))
   tokenizer = tok_lib.Tokenizer.load(workdir / "train" / "tokenizer")
-  src, _ = tokenizer.encode_prompts([e.source for e in examples], config.tasks.max_source_len)
-  tgt = tokenizer.encode_batch([e.target for e in examples], config.tasks.max_target_len)
+  src, tgt = tasks_lib.encode_examples(tokenizer, examples, config.tasks.max_source_len,
+                                       config.tasks.max_target_len)
   return (np.array([len(s) for s in src]), np.array([len(t) for t in tgt]),
           tokenizer.vocab_size)
 

@@ -54,8 +54,8 @@ _CHUNK = 256  # Requests handed to the model at once (it batches them further).
 INPUTS = ("train", "data")  # The model; the catalog and the test split (example requests).
 CONFIG_KEYS = ("infer",)
 # How to decode: the live eval settings, as the eval stage decodes (infer runs every time,
-# so nothing is fingerprinted); and the mesh axis of "auto".
-ALSO_READS = ("eval.beam_size", "eval.batch_size", "eval.score", "mesh.data_axis")
+# so nothing is fingerprinted). The mesh axis comes from the trained run's config.
+ALSO_READS = ("eval.beam_size", "eval.batch_size", "eval.score")
 
 
 def validate(config) -> None:

@@ -191,11 +191,8 @@ def warm_start_section(train_section) -> ml_collections.ConfigDict:
 def run_warm_start(config, ctx, *, builder, tokenizer, model, params, train_rows, mesh):
   """`train.warm_start_steps` of identifier-only next-item prediction (resumable, in
   `<stage>/warm_start/`); returns (its TrainResult summary, the parameters it ends with)."""
-  examples = builder.warm_start_examples(train_rows)
-  src, _ = tokenizer.encode_prompts([e.source for e in examples], config.tasks.max_source_len)
-  tgt = tokenizer.encode_batch([e.target for e in examples], config.tasks.max_target_len)
-  src = [np.asarray(s, np.int32) for s in src]
-  tgt = [np.asarray(t, np.int32) for t in tgt]
+  src, tgt = tasks_lib.encode_examples(tokenizer, builder.warm_start_examples(train_rows),
+                                       config.tasks.max_source_len, config.tasks.max_target_len)
   logging.info("train: warm start, %d steps on %d identifier-only rows (%.1f source tokens "
                "on average)", config.train.warm_start_steps, len(src),
                float(np.mean([len(s) for s in src])))
@@ -230,10 +227,9 @@ def run(config, ctx: context.StageContext) -> dict:
   tasks_cfg = config.tasks
 
   def make_epoch(epoch: int):
-    examples = builder.epoch_examples(train_rows, seeds.train(config), epoch)
-    src, _ = tokenizer.encode_prompts([e.source for e in examples], tasks_cfg.max_source_len)
-    tgt = tokenizer.encode_batch([e.target for e in examples], tasks_cfg.max_target_len)
-    return ([np.asarray(s, np.int32) for s in src], [np.asarray(t, np.int32) for t in tgt])
+    return tasks_lib.encode_examples(
+        tokenizer, builder.epoch_examples(train_rows, seeds.train(config), epoch),
+        tasks_cfg.max_source_len, tasks_cfg.max_target_len)
 
   mesh = sharding.make_mesh(config.mesh.data_axis)
   warm = None
