@@ -172,6 +172,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # NRIP rows drawn with probability ~ (target item's count among NRIP training targets)^-b,
   # with replacement: 1 = every target item equally often, 0 = uniform rows (the paper's).
   tasks.nrip_popularity_power = 0.0
+  # Every task's rows at least this many times in the run's whole epochs: a task's epoch
+  # count is raised to ceil(min_passes x its rows / whole epochs), its rows taken in one
+  # fixed order across epochs; 0 = the shares alone (the paper's; a departure, issue 24).
+  tasks.min_passes = 0.0
   tasks.num_phrasings = 10  # Instruction phrasings per task (one sampled per example).
   tasks.max_query_tokens = 64  # Token limit of one query.
   tasks.max_text_tokens = 256  # Token limit of item text.

@@ -32,6 +32,7 @@ validation or test target can reach a training input or response.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -176,6 +177,56 @@ def check_shares(shares: Mapping[str, float]) -> dict[str, float]:
   return out
 
 
+def run_size(train_section) -> dict[str, float]:
+  """The training run's size as `TaskBuilder` takes it (`run_examples`, `run_epochs`)
+  from a `config.train` section: steps x batch when `train.steps` is set, else its epochs."""
+  steps = int(train_section.steps or 0)
+  if steps > 0:
+    return {"run_examples": steps * int(train_section.batch_size), "run_epochs": 0.0}
+  return {"run_examples": 0, "run_epochs": float(train_section.epochs)}
+
+
+def counts_for_passes(counts: Mapping[str, int], available: Mapping[str, int],
+                      min_passes: float, *, run_examples: int = 0,
+                      run_epochs: float = 0.0) -> dict[str, int]:
+  """Per-epoch example counts raised so that the run's whole epochs show every task that
+  is on at least `min_passes` x the rows it draws from (`tasks.min_passes`; issue 24).
+
+  With `run_examples` (steps x batch) the number of epochs depends on the counts, so
+  both are solved together: counts only grow, to `ceil(min_passes x rows / whole
+  epochs)`, capped at the rows; `run_epochs` fixes the epochs instead. Only whole epochs
+  count (the last one may end partway). A task that is off (count 0) stays off; when the
+  run is too short for every task's passes, every count ends at its task's rows (the
+  train stage warns from `task_passes`).
+  """
+  if run_examples <= 0 and run_epochs <= 0:
+    raise ValueError("tasks.min_passes needs the run's size (run_examples or run_epochs)")
+  out = dict(counts)
+  while True:
+    total = sum(out.values())
+    if total == 0:
+      return out
+    epochs = run_examples / total if run_examples > 0 else run_epochs
+    whole = max(1, math.floor(epochs))
+    raised = {t: c if c == 0 else min(available[t], max(c, math.ceil(
+        min_passes * available[t] / whole))) for t, c in out.items()}
+    if raised == out:  # Counts only grow and are capped: this is reached.
+      return out
+    out = raised
+
+
+def _pick_cycle(seed: int, task_index: int, epoch: int, n_available: int,
+                count: int) -> np.ndarray:
+  """`count` of `n_available` rows for one epoch, sorted: epoch e takes the e-th slice of
+  one fixed order per run and task (wrapping around), so e epochs of `count` rows see
+  min(n_available, e x count) distinct rows (`tasks.min_passes`)."""
+  if count <= 0 or n_available == 0:
+    return np.zeros((0,), np.int64)
+  order = np.random.default_rng([int(seed), int(task_index), 104729]).permutation(n_available)
+  start = (int(epoch) * count) % n_available
+  return np.sort(order[(start + np.arange(min(count, n_available))) % n_available])
+
+
 class TaskBuilder:
   """Writes rows and items as task text and builds each epoch's example mixture.
 
@@ -183,9 +234,12 @@ class TaskBuilder:
     catalog: the data stage's items and queries.
     identifiers: both identifier tables, aligned with the catalog's items.
     tasks_config: the `config.tasks` section (behaviour_tokens, num_phrasings,
-      max_query_tokens, max_text_tokens, shares).
+      max_query_tokens, max_text_tokens, shares, min_passes).
     pseudo_queries: optional, per item a list of doc2query query strings (enables
       the ad-hoc search task).
+    run_examples: the training run's examples (steps x batch), or 0 when the run is
+      counted in epochs; with `run_epochs`, what `tasks.min_passes` is met over.
+    run_epochs: the run's epochs when `run_examples` is 0.
   """
 
   def __init__(
@@ -195,6 +249,8 @@ class TaskBuilder:
       tasks_config,
       *,
       pseudo_queries: Sequence[Sequence[str]] | None = None,
+      run_examples: int = 0,
+      run_epochs: float = 0.0,
   ):
     if len(identifiers.item_ids) != catalog.num_items or np.any(
         np.asarray(identifiers.item_ids, dtype=str) != np.asarray(catalog.item_ids, dtype=str)
@@ -221,6 +277,11 @@ class TaskBuilder:
     self.nrip_popularity_power = float(tasks_config.get("nrip_popularity_power", 0.0))
     if not self.nrip_popularity_power >= 0:
       raise ValueError("tasks.nrip_popularity_power must be >= 0")
+    # Configs saved before the option read as 0 (the shares alone).
+    self.min_passes = float(tasks_config.get("min_passes", 0.0))
+    if not self.min_passes >= 0:
+      raise ValueError("tasks.min_passes must be >= 0")
+    self.run_examples, self.run_epochs = int(run_examples), float(run_epochs)
     self.max_query_words = int(tasks_config.max_query_tokens)
     self.max_text_words = int(tasks_config.max_text_tokens)
     self.shares = check_shares(dict(tasks_config.shares))
@@ -391,10 +452,15 @@ class TaskBuilder:
   def epoch_counts(self, train_rows) -> dict[str, int]:
     """Examples per task in every epoch: share x NRIP training rows, capped at what
     the task can draw from (the mixture is a proportion, so it carries across
-    categories of any size)."""
+    categories of any size); with `tasks.min_passes` = m > 0, raised by
+    `counts_for_passes` so the run's whole epochs cover m x each task's rows."""
     avail = self.available(train_rows)
-    return {t: min(avail[t], int(round(share * avail["nrip"])))
-            for t, share in self.shares.items()}
+    counts = {t: min(avail[t], int(round(share * avail["nrip"])))
+              for t, share in self.shares.items()}
+    if self.min_passes > 0:
+      counts = counts_for_passes(counts, avail, self.min_passes,
+                                 run_examples=self.run_examples, run_epochs=self.run_epochs)
+    return counts
 
   def epoch_examples(
       self, train_rows: Mapping[str, Mapping[str, np.ndarray]], seed: int, epoch: int
@@ -415,6 +481,11 @@ class TaskBuilder:
     avail = self.available(train_rows)
     counts = self.epoch_counts(train_rows)
 
+    def pick(task: str, n_available: int, count: int) -> np.ndarray:
+      if self.min_passes > 0:  # Consecutive epochs take consecutive slices of one order.
+        return _pick_cycle(seed, TASK_NAMES.index(task), epoch, n_available, count)
+      return self._pick(rng, n_available, count)
+
     def hist(rows, r):
       return self.row_history(rows["history_kind"][r], rows["history_item"][r],
                               rows["history_query"][r])
@@ -422,24 +493,24 @@ class TaskBuilder:
     for r in self._pick_nrip(rng, rec, counts["nrip"]):
       src = self._history_prompt("nrip", self._phrasing(rng), hist(rec, r), tokens.REC_ITEM)
       out.append(Example("nrip", src, self.rec_item(rec["item"][r])))
-    for r in self._pick(rng, avail["nsip"], counts["nsip"]):
+    for r in pick("nsip", avail["nsip"], counts["nsip"]):
       src = self._history_prompt("nsip", self._phrasing(rng), hist(srch, r), tokens.SEARCH_ITEM,
                                  query=self.query(int(srch["query"][r])))
       out.append(Example("nsip", src, self.search_item(srch["item"][r])))
-    for r in self._pick(rng, avail["nsqp"], counts["nsqp"]):
+    for r in pick("nsqp", avail["nsqp"], counts["nsqp"]):
       src = self._history_prompt("nsqp", self._phrasing(rng), hist(srch, r),
                                  tokens.SEARCH_QUERY)
       out.append(Example("nsqp", src, self.query(int(srch["query"][r]))))
     if self.pseudo_queries is not None:
       with_q = [i for i, qs in enumerate(self.pseudo_queries) if len(qs)]
-      for j in self._pick(rng, len(with_q), counts["adhoc"]):
+      for j in pick("adhoc", len(with_q), counts["adhoc"]):
         item = with_q[j]
         qs = self.pseudo_queries[item]
         q = self.query(str(qs[int(rng.integers(len(qs)))]))
         src = self.ask(self._phrase("adhoc", rng, query=q), tokens.SEARCH_ITEM)
         out.append(Example("adhoc", prompts_lib.Prompt(src), self.search_item(item)))
     for task in ("desc2id", "id2desc"):
-      picked = self._items_with_text[self._pick(rng, avail[task], counts[task])]
+      picked = self._items_with_text[pick(task, avail[task], counts[task])]
       # Half semantic, half collaborative identifiers (a random half each epoch).
       semantic = np.zeros(len(picked), bool)
       semantic[rng.permutation(len(picked))[: len(picked) // 2]] = True

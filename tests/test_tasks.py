@@ -13,7 +13,8 @@ from gensar_jax.identifiers import table as id_table
 N_ITEMS = 12
 
 
-def _builder(shares, behaviour_tokens=True, prompt_style="instruction", popularity_power=0.0):
+def _builder(shares, behaviour_tokens=True, prompt_style="instruction", popularity_power=0.0,
+             min_passes=0.0, **run):
   catalog = schema.Catalog(
       item_ids=np.array([f"I{i}" for i in range(N_ITEMS)]),
       titles=[f"item {i} gel pen" for i in range(N_ITEMS)],
@@ -28,8 +29,8 @@ def _builder(shares, behaviour_tokens=True, prompt_style="instruction", populari
   cfg = ml_collections.ConfigDict(dict(
       behaviour_tokens=behaviour_tokens, num_phrasings=3, max_query_tokens=64,
       max_text_tokens=256, shares=shares, prompt_style=prompt_style,
-      nrip_popularity_power=popularity_power))
-  return tasks.TaskBuilder(catalog, ids, cfg, pseudo_queries=[["q"]] * N_ITEMS)
+      nrip_popularity_power=popularity_power, min_passes=min_passes))
+  return tasks.TaskBuilder(catalog, ids, cfg, pseudo_queries=[["q"]] * N_ITEMS, **run)
 
 
 def _rows(n, search):
@@ -133,3 +134,53 @@ def test_popularity_power_flattens_the_targets_of_the_recommendation_rows():
   assert share_of_item_0(0.0) == 0.75  # Every row once (the paper's way).
   assert 0.16 < share_of_item_0(1.0) < 0.34  # 4 target items, equally often: ~0.25.
   assert 0.4 < share_of_item_0(0.5) < 0.7  # sqrt(300) / (sqrt(300) + 3 sqrt(33.3)) = 0.5.
+
+
+def test_min_passes_raises_the_small_tasks_until_the_runs_whole_epochs_cover_them():
+  counts = dict(nrip=100, nsip=10, nsqp=1, adhoc=0, desc2id=5, id2desc=5)
+  avail = dict(nrip=100, nsip=90, nsqp=90, adhoc=40, desc2id=12, id2desc=12)
+  run = 1000  # examples in the run
+  out = tasks.counts_for_passes(counts, avail, 1.0, run_examples=run)
+  whole_epochs = run // sum(out.values())
+  assert out["nrip"] == 100 and out["adhoc"] == 0  # NRIP as its share, an off task stays off
+  for t in ("nsip", "nsqp", "desc2id", "id2desc"):
+    assert out[t] * whole_epochs >= avail[t]  # every row once in the whole epochs
+    assert out[t] >= counts[t] and out[t] <= avail[t]
+  assert out["nsip"] == 13 and whole_epochs == 7  # ceil(90 / 7): 1000 / 136 examples an epoch
+  # Epochs fixed instead (train.steps = 0): ceil(rows / whole epochs), no fixed point.
+  assert tasks.counts_for_passes(counts, avail, 2.0, run_epochs=3.5)["nsqp"] == 60
+  # Too short a run: every task at all its rows, which is what the train stage warns about.
+  assert tasks.counts_for_passes(counts, avail, 1.0, run_examples=50) == dict(
+      nrip=100, nsip=90, nsqp=90, adhoc=0, desc2id=12, id2desc=12)
+  with pytest.raises(ValueError, match="run's size"):
+    tasks.counts_for_passes(counts, avail, 1.0)
+
+
+def test_min_passes_shows_every_row_of_every_task_over_the_whole_epochs():
+  # 12 search rows, one per item: a row is known by its target.
+  train = {"recommendation": _rows(60, False), "search": _rows(N_ITEMS, True)}
+  shares = dict(nrip=1.0, nsip=0.02, nsqp=0.02, adhoc=0.02, desc2id=0.02, id2desc=0.02)
+  b = _builder(shares, min_passes=1.0, run_examples=300)
+  counts = b.epoch_counts(train)
+  whole = 300 // sum(counts.values())
+  assert whole >= 3 and 1 < counts["nsip"] < N_ITEMS  # raised, yet under all rows an epoch
+  seen = {t: [] for t in tasks.TASK_NAMES}
+  for epoch in range(whole):
+    examples = b.epoch_examples(train, seed=3, epoch=epoch)
+    assert {t: sum(e.task == t for e in examples) for t in tasks.TASK_NAMES} == counts
+    for e in examples:
+      seen[e.task].append(e.target)
+  assert {b.search_item(i) for i in range(N_ITEMS)} == set(seen["nsip"])
+  assert {b.search_item(i) for i in range(N_ITEMS)} == set(seen["adhoc"])
+  assert len(set(seen["id2desc"])) == len({b._texts[i] for i in b._items_with_text})
+  # Without the option the same shares sample 1 row an epoch.
+  assert _builder(shares).epoch_counts(train)["nsip"] == 1
+
+
+def test_pick_cycle_takes_consecutive_slices_of_one_order():
+  picks = [tasks._pick_cycle(5, 1, e, 10, 4) for e in range(3)]
+  assert all(len(p) == 4 and len(set(p)) == 4 for p in picks)
+  assert set(np.concatenate(picks[:2])) | set(picks[2]) == set(range(10))
+  assert len(set(picks[0]) & set(picks[1])) == 0  # the first 8 of the order, no repeats
+  assert np.array_equal(picks[1], tasks._pick_cycle(5, 1, 1, 10, 4))  # the same every call
+  assert not np.array_equal(picks[0], tasks._pick_cycle(5, 2, 0, 10, 4))  # per task

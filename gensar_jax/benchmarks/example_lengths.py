@@ -49,7 +49,8 @@ def lengths(workdir: pathlib.Path, prompt_style: str, warm_start: bool,
   pseudo = None
   if (workdir / "doc2query").exists():
     pseudo = d2q_outputs.load_pseudo_queries(workdir / "doc2query", catalog.item_ids)
-  builder = tasks_lib.TaskBuilder(catalog, identifiers, config.tasks, pseudo_queries=pseudo)
+  builder = tasks_lib.TaskBuilder(catalog, identifiers, config.tasks, pseudo_queries=pseudo,
+                                  **tasks_lib.run_size(config.train))
   rows = {t: dataset.load_rows(workdir / "data", t, "train") for t in schema.TASKS}
   examples = (builder.warm_start_examples(rows) if warm_start
               else builder.epoch_examples(rows, seed, 0))

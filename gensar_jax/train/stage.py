@@ -174,6 +174,19 @@ def task_passes(builder: tasks_lib.TaskBuilder, train_rows, steps: int,
           for t in counts}
 
 
+def warn_short_passes(config, builder: tasks_lib.TaskBuilder, train_rows) -> None:
+  """Logs the passes each task's rows get in the run; warns for the tasks under
+  `tasks.min_passes` (the run is too short for them: `steps x batch` below the rows)."""
+  total = tasks_lib.run_size(config.train)["run_examples"] or int(round(
+      float(config.train.epochs) * sum(builder.epoch_counts(train_rows).values())))
+  passes = task_passes(builder, train_rows, total, 1)
+  logging.info("train: passes over each task's rows in the run %s", passes)
+  short = {t: p for t, p in passes.items() if 0 < p < builder.min_passes}
+  if short:
+    logging.warning("train: tasks.min_passes=%s is not met by %s: the run's %d examples are "
+                    "too few", builder.min_passes, short, total)
+
+
 WARM_START_DIR = "warm_start"  # The warm start's checkpoints and log, inside the stage's folder.
 
 
@@ -212,7 +225,8 @@ def run(config, ctx: context.StageContext) -> dict:
   ranking.check_beam(int(config.eval.beam_size), catalog.num_items)
   identifiers = id_table.load(ids_dir)
   pseudo = load_pseudo_queries(config, ctx, catalog.item_ids)
-  builder = tasks_lib.TaskBuilder(catalog, identifiers, config.tasks, pseudo_queries=pseudo)
+  builder = tasks_lib.TaskBuilder(catalog, identifiers, config.tasks, pseudo_queries=pseudo,
+                                  **tasks_lib.run_size(config.train))
   train_rows = {t: dataset.load_rows(data_dir, t, "train") for t in schema.TASKS}
   tokenizer = make_tokenizer(config, ctx, builder, identifiers)
   model, params = make_model(config, tokenizer.vocab_size)
@@ -223,6 +237,7 @@ def run(config, ctx: context.StageContext) -> dict:
   logging.info("train: vocabulary %d, %d parameters, epoch mixture %s", tokenizer.vocab_size,
                sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)),
                builder.epoch_counts(train_rows))
+  warn_short_passes(config, builder, train_rows)
 
   tasks_cfg = config.tasks
 
