@@ -33,13 +33,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # at 500 steps (paired, demo_v3_search vs demo_v3_base), so both tasks beat popularity.
   c.tasks.shares.nsip = 1.0
   c.train.steps = 500  # Optimizer steps (batch 64) of the demo's training.
-  # Of the cpu preset's departures (issue 24), the demo keeps the flattened NRIP targets
-  # (tasks.nrip_popularity_power, inherited: demo_pop05 +0.009 recommendation, +0.010
-  # search) and drops the two that lost at its 500 steps (README, *Experiments*):
-  c.train.warm_start_steps = 0  # No warm start (demo_warm: -0.013 / -0.045 search).
+  # Of the cpu preset's departures (issue 24; README, *Experiments*), the demo keeps the
+  # flattened NRIP targets (tasks.nrip_popularity_power, inherited: demo_pop05, +0.009
+  # recommendation, +0.010 search validation NDCG@10) and drops the other two: the three
+  # together lost at its compute (demo_levers: -0.013, -0.045).
+  c.train.warm_start_steps = 0  # No warm start (alone not measured on the demo).
   c.train.warm_start_minutes = 0.0  # (No warm start to budget.)
   # The shares alone: NSQP, ad-hoc and item-text rows are seen partly (demo_mp1, a pass of
-  # each: -0.011 / -0.029 search: the 1,407 query rows an epoch take the search steps).
+  # each: -0.011, -0.029: the 1,407 query rows an epoch take the search rows' steps).
   c.tasks.min_passes = 0.0
   c.train.eval_every_epochs = 10  # Validate once, at the end (per epoch took 45% of the training time).
   return c
