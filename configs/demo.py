@@ -34,8 +34,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.tasks.shares.nsip = 1.0
   c.train.steps = 500  # Optimizer steps (batch 64) of the demo's training.
   # Of the cpu preset's departures (issue 24; README, *Experiments*), the demo keeps the
-  # flattened NRIP targets (tasks.nrip_popularity_power, inherited: demo_pop05, +0.009
-  # recommendation, +0.010 search validation NDCG@10) and drops the other two: the three
+  # flattened NRIP targets (tasks.nrip_popularity_power, inherited: demo_pop05 and
+  # demo_pop05_s7, +0.009 / +0.015 recommendation, +0.010 / +0.010 search validation
+  # NDCG@10 over two seeds) and drops the other two: the three
   # together lost at its compute (demo_levers: -0.013, -0.045).
   c.train.warm_start_steps = 0  # No warm start (alone not measured on the demo).
   c.train.warm_start_minutes = 0.0  # (No warm start to budget.)
