@@ -104,7 +104,10 @@ def test_metrics_json_has_the_documented_shape(finished):
     for mode in ("sampled", "full", "sampled_beam"):
       r = ranks[f"gensar/{task}/{mode}"]
       assert metrics_lib.metrics_from_ranks(r) == t[mode]
-      assert t[mode]["ndcg@10_se"] > 0
+      # A standard error is 0 exactly when every row has the same NDCG@10 (ranks past 10
+      # all score 0): the tiny model may miss every positive of the whole catalog.
+      varies = len(set(np.minimum(np.asarray(r, np.float64), 11).tolist())) > 1
+      assert (t[mode]["ndcg@10_se"] > 0) == varies
     # Exact ranks are finite (every candidate is ranked); beam may miss some.
     assert np.all(np.isfinite(ranks[f"gensar/{task}/sampled_exact"]))
     assert ranks[f"gensar/{task}/sampled_exact"].max() <= 20
