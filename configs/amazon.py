@@ -207,7 +207,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # `TaskBuilder.warm_start_examples`), with its own schedule; 0 = off (the paper's).
   # cpu: 1,600 (~2.7 passes over the NRIP rows, ~7 minutes; study runs N_warm, N_seed7).
   r.warm_start_steps = 0 if paper else 1600
-  r.warm_start_minutes = 0.0 if paper else 10.0  # Wall-clock budget of the warm start (0 = none).
+  r.warm_start_minutes = 0.0 if paper else 10.0  # Its wall-clock budget (0 = none).
   r.warm_start_learning_rate = 1e-3  # Its peak AdamW learning rate (other settings as above).
   r.seed = 0  # Seed of the training alone (init, sampling, batch order; 0 = the master seed): repeats on the same data and identifiers.
   r.log_every_steps = 50  # Console/TensorBoard logging interval.

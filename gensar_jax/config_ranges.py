@@ -79,7 +79,8 @@ BY_NAME: dict[str, Rule] = {
 # By full dotted name, where a field differs from its namesakes.
 BY_FIELD: dict[str, Rule] = {
     "train.warm_start_steps": ZERO_OFF, "train.warm_start_minutes": NONNEG,
-    "train.warm_start_learning_rate": POSITIVE, "tasks.nrip_popularity_power": NONNEG, "tasks.min_passes": NONNEG,
+    "train.warm_start_learning_rate": POSITIVE, "tasks.nrip_popularity_power": NONNEG,
+    "tasks.min_passes": NONNEG,
     "tasks.shares.nrip": NONNEG, "tasks.shares.nsip": NONNEG, "tasks.shares.nsqp": NONNEG,
     "tasks.shares.adhoc": NONNEG, "tasks.shares.desc2id": NONNEG,
     "tasks.shares.id2desc": NONNEG,

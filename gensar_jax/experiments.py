@@ -243,8 +243,6 @@ def compare(workdir_a: str | pathlib.Path, workdir_b: str | pathlib.Path) -> dic
 
   Validation rows only: recipes are chosen here, never on test rows.
   """
-  # pylint: disable=g-import-not-at-top
-  # pylint: enable=g-import-not-at-top
 
   a, b = validation_ranks(workdir_a), validation_ranks(workdir_b)
   out = {}
@@ -276,8 +274,6 @@ def popularity_alignment(scores_RxC: np.ndarray, popularity_RxC: np.ndarray,
      "positive_popularity_percentile": mean share of a row's negatives less popular
      than its positive, "ndcg@10": {beta: NDCG@10 of score - beta * log(1 + pop)}}.
   """
-  # pylint: disable=g-import-not-at-top
-  # pylint: enable=g-import-not-at-top
 
   log_pop = np.log1p(np.asarray(popularity_RxC, np.float64))
   scores = np.asarray(scores_RxC, np.float64)
@@ -324,8 +320,6 @@ def choose_prior_weight(scores_RxC: np.ndarray, log_prior_RxC: np.ndarray,
                         betas: Sequence[float] = PRIOR_BETAS) -> tuple[float, dict]:
   """The weight `a` of `score - a * log prior` with the best NDCG@10 on these rows (the
   smallest of ties), and every weight's NDCG@10. Column 0 holds each row's positive."""
-  # pylint: disable=g-import-not-at-top
-  # pylint: enable=g-import-not-at-top
 
   got = {float(b): float(metrics_lib.gains(metrics_lib.ranks_from_scores(
       scores_RxC - b * log_prior_RxC, 0, 0), "ndcg@10").mean()) for b in betas}

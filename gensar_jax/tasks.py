@@ -177,7 +177,7 @@ def check_shares(shares: Mapping[str, float]) -> dict[str, float]:
   return out
 
 
-def run_size(train_section) -> dict[str, float]:
+def run_size(train_section) -> dict[str, int | float]:
   """The training run's size as `TaskBuilder` takes it (`run_examples`, `run_epochs`)
   from a `config.train` section: steps x batch when `train.steps` is set, else its epochs."""
   steps = int(train_section.steps or 0)

@@ -143,8 +143,6 @@ def run(config, ctx: context.StageContext) -> dict:
   }
 
 
-
-
 def summary_text(metrics: dict, path) -> str:
   """NDCG@10 ± standard error of every method, per task and protocol, and the file."""
   s = metrics["settings"]

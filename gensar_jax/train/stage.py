@@ -161,15 +161,14 @@ def init_code_embeddings(config, params, tokenizer: tok_lib.Tokenizer, ids_dir):
   return params
 
 
-def task_passes(builder: tasks_lib.TaskBuilder, train_rows, steps: int,
-                batch_size: int) -> dict[str, float]:
-  """Per task, how many times the run's examples cover the rows (or items) it draws from:
-  the examples of `steps` steps, spread over the tasks as in an epoch, divided by what
-  the task can draw from (below 1: some rows were never seen; rows are sampled afresh
-  every epoch, so even at 1 some may be missed)."""
+def task_passes(builder: tasks_lib.TaskBuilder, train_rows, examples: int) -> dict[str, float]:
+  """Per task, how many times the run's `examples` cover the rows (or items) it draws from:
+  the examples spread over the tasks as in an epoch, divided by what the task can draw
+  from (below 1: some rows were never seen; without `tasks.min_passes` rows are sampled
+  afresh every epoch, so even at 1 some may be missed)."""
   counts = builder.epoch_counts(train_rows)
   available = builder.available(train_rows)
-  epochs = steps * batch_size / max(sum(counts.values()), 1)
+  epochs = examples / max(sum(counts.values()), 1)
   return {t: round(counts[t] * epochs / available[t], 3) if available[t] else 0.0
           for t in counts}
 
@@ -179,7 +178,7 @@ def warn_short_passes(config, builder: tasks_lib.TaskBuilder, train_rows) -> Non
   `tasks.min_passes` (the run is too short for them: `steps x batch` below the rows)."""
   total = tasks_lib.run_size(config.train)["run_examples"] or int(round(
       float(config.train.epochs) * sum(builder.epoch_counts(train_rows).values())))
-  passes = task_passes(builder, train_rows, total, 1)
+  passes = task_passes(builder, train_rows, total)
   logging.info("train: passes over each task's rows in the run %s", passes)
   short = {t: p for t, p in passes.items() if 0 < p < builder.min_passes}
   if short:
@@ -288,7 +287,8 @@ def run(config, ctx: context.StageContext) -> dict:
       "vocab_size": tokenizer.vocab_size,
       "parameters": int(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))),
       "epoch_examples": builder.epoch_counts(train_rows),
-      "task_passes": task_passes(builder, train_rows, summary["steps"], config.train.batch_size),
+      "task_passes": task_passes(builder, train_rows,
+                                 summary["steps"] * int(config.train.batch_size)),
       "pseudo_queries": pseudo is not None,
       "warm_start": warm,
       "devices": int(mesh.devices.size),
