@@ -24,6 +24,7 @@ Parameters are float32; `T5Config.dtype` is the activation/compute dtype.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -191,9 +192,12 @@ class Dropout(nn.Module):
       return x
     if self.rate >= 1.0:
       return jnp.zeros_like(x)
+    return jnp.where(self.keep(x.shape), x / (1.0 - self.rate), 0).astype(x.dtype)
+
+  def keep(self, shape: tuple[int, ...]) -> jax.Array:
+    """The keep mask `__call__` would draw for an input of `shape` (0 < rate < 1)."""
     seed_2 = jax.random.bits(self.make_rng("dropout"), (2,), jnp.uint32)
-    keep = keep_mask(seed_2, x.shape, self.rate)
-    return jnp.where(keep, x / (1.0 - self.rate), 0).astype(x.dtype)
+    return keep_mask(seed_2, shape, self.rate)
 
 
 def _mask_bias(mask: jax.Array) -> jax.Array:
@@ -215,6 +219,51 @@ class RMSNorm(nn.Module):
     return (y * scale).astype(self.config.compute_dtype)
 
 
+class _Kernel(nn.Module):
+  """A dense layer's `kernel` alone: the parameter tree of `nn.Dense(use_bias=False)`."""
+
+  shape: tuple[int, int]
+  stddev: float
+
+  @nn.compact
+  def __call__(self) -> jax.Array:
+    return self.param("kernel", _normal(self.stddev), self.shape, jnp.float32)
+
+
+def _relu_dropout_mlp_fwd(x_xD, wi_DxF, wo_FxD, keep_xF, rate):
+  a_xF = jnp.where(keep_xF, jax.nn.relu(x_xD @ wi_DxF) / (1.0 - rate), 0).astype(x_xD.dtype)
+  return a_xF @ wo_FxD, (x_xD, wi_DxF, wo_FxD, a_xF)
+
+
+def _relu_dropout_mlp_bwd(rate, residuals, g_xD):
+  x_xD, wi_DxF, wo_FxD, a_xF = residuals
+  da_xF = g_xD @ wo_FxD.T
+  # relu's and dropout's joint mask is exactly where the kept activation is positive.
+  dh_xF = jnp.where(a_xF > 0, da_xF / (1.0 - rate), 0).astype(da_xF.dtype)
+  n = x_xD.ndim - 1
+  dwi_DxF = jnp.tensordot(x_xD, dh_xF, axes=(tuple(range(n)), tuple(range(n))))
+  # g^T @ a, then a transpose of the small result: the matmul's transposed operand is
+  # then the D-wide gradient, not the 4x wider activation.
+  dwo_FxD = jnp.tensordot(g_xD, a_xF, axes=(tuple(range(n)), tuple(range(n)))).T
+  return dh_xF @ wi_DxF.T, dwi_DxF, dwo_FxD, None
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def relu_dropout_mlp(x_xD, wi_DxF, wo_FxD, keep_xF, rate: float):
+  """`where(keep, relu(x @ wi) / (1 - rate), 0) @ wo`, T5's relu feed-forward in training.
+
+  Its gradient is autodiff's, but the backward pass needs only the kept activation `a`
+  (the matmul input the `wo` gradient reads anyway): relu's and dropout's joint mask is
+  `a > 0`, so neither the pre-activation nor the dropout mask is stored or recomputed
+  (on XLA:CPU the recomputed hash fused into the weight gradient's transposing copy
+  was the step's costliest op).
+  """
+  return _relu_dropout_mlp_fwd(x_xD, wi_DxF, wo_FxD, keep_xF, rate)[0]
+
+
+relu_dropout_mlp.defvjp(_relu_dropout_mlp_fwd, _relu_dropout_mlp_bwd)
+
+
 class FeedForward(nn.Module):
   """wo(dropout(act(wi x))) (relu), or wo(dropout(gelu(wi_0 x) * wi_1 x)) (gated-gelu)."""
 
@@ -223,16 +272,74 @@ class FeedForward(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
     c = self.config
-    dense = lambda n, fan_in, name: nn.Dense(
-        n, use_bias=False, dtype=c.compute_dtype, param_dtype=jnp.float32,
-        kernel_init=_normal(fan_in**-0.5), name=name)
+    cd = c.compute_dtype
+    drop = Dropout(c.dropout_rate, name="Dropout_0")
     if c.feed_forward == "relu":
-      h = jax.nn.relu(dense(c.d_ff, c.d_model, "wi")(x))
-    else:
-      h = jax.nn.gelu(dense(c.d_ff, c.d_model, "wi_0")(x), approximate=True)
-      h = h * dense(c.d_ff, c.d_model, "wi_1")(x)
-    h = Dropout(c.dropout_rate)(h, deterministic=deterministic)
+      wi = _Kernel((c.d_model, c.d_ff), c.d_model**-0.5, name="wi")().astype(cd)
+      wo = _Kernel((c.d_ff, c.d_model), c.d_ff**-0.5, name="wo")().astype(cd)
+      x = x.astype(cd)
+      if deterministic or c.dropout_rate == 0.0 or c.dropout_rate >= 1.0:
+        return drop(jax.nn.relu(x @ wi), deterministic=deterministic) @ wo
+      return relu_dropout_mlp(x, wi, wo, drop.keep(x.shape[:-1] + (c.d_ff,)), c.dropout_rate)
+    dense = lambda n, fan_in, name: nn.Dense(
+        n, use_bias=False, dtype=cd, param_dtype=jnp.float32,
+        kernel_init=_normal(fan_in**-0.5), name=name)
+    h = jax.nn.gelu(dense(c.d_ff, c.d_model, "wi_0")(x), approximate=True)
+    h = drop(h * dense(c.d_ff, c.d_model, "wi_1")(x), deterministic=deterministic)
     return dense(c.d_model, c.d_ff, "wo")(h)
+
+
+def _softmax_dropout_fwd(logits, keep, rate):
+  p = jax.nn.softmax(logits, axis=-1)
+  w = jnp.where(keep, p / (1.0 - rate), 0).astype(p.dtype)
+  return w, (p, w)
+
+
+def _softmax_dropout_bwd(rate, residuals, g_w):
+  p, w = residuals
+  # Dropout's mask is `w != 0` wherever it matters: where the softmax is exactly 0 the
+  # gradient below is multiplied by p = 0 whatever the mask says.
+  g_p = jnp.where(w != 0, g_w / (1.0 - rate), 0).astype(g_w.dtype)
+  return p * (g_p - jnp.sum(g_p * p, axis=-1, keepdims=True)), None
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def softmax_dropout(logits: jax.Array, keep: jax.Array, rate: float) -> jax.Array:
+  """`where(keep, softmax(logits) / (1 - rate), 0)`: attention weights in training.
+
+  The backward pass reads the mask back from the output it keeps anyway (the weights the
+  value product's gradient needs), so the dropout hash is not recomputed over the
+  `[B, H, Q, K]` weights; the gradient is softmax's usual `p * (g - sum(g * p))`.
+  """
+  return _softmax_dropout_fwd(logits, keep, rate)[0]
+
+
+softmax_dropout.defvjp(_softmax_dropout_fwd, _softmax_dropout_bwd)
+
+
+@jax.custom_vjp
+def add_shared_bias(x_BxHxQxK: jax.Array, bias_1xHxQxK: jax.Array) -> jax.Array:
+  """`x + bias` for a bias shared by the whole batch (the relative position bias).
+
+  The bias's gradient, a sum over the batch, is taken as a `[1, B] @ [B, H*Q*K]`
+  product with ones: XLA:CPU ran the equivalent reduction single-threaded and strided
+  (~10% of a cpu-preset step); the matmul is one multi-threaded pass.
+  """
+  return x_BxHxQxK + bias_1xHxQxK
+
+
+def _add_shared_bias_fwd(x, bias):
+  return x + bias, None
+
+
+def _add_shared_bias_bwd(_, g_BxHxQxK):
+  b = g_BxHxQxK.shape[0]
+  ones_1xB = jnp.ones((1, b), g_BxHxQxK.dtype)
+  g_bias = (ones_1xB @ g_BxHxQxK.reshape(b, -1)).reshape((1,) + g_BxHxQxK.shape[1:])
+  return g_BxHxQxK, g_bias
+
+
+add_shared_bias.defvjp(_add_shared_bias_fwd, _add_shared_bias_bwd)
 
 
 def _heads_first(x_BxSxHxK: jax.Array) -> jax.Array:
@@ -275,8 +382,11 @@ class Attention(nn.Module):
 
   def weights(self, logits: jax.Array, deterministic: bool) -> jax.Array:
     """Softmax (float32) over the last axis, dropout, cast to the compute dtype."""
-    w = jax.nn.softmax(logits, axis=-1)
-    w = self.dropout(w, deterministic=deterministic)
+    rate = self.config.dropout_rate
+    if deterministic or rate == 0.0 or rate >= 1.0:
+      w = self.dropout(jax.nn.softmax(logits, axis=-1), deterministic=deterministic)
+    else:
+      w = softmax_dropout(logits, self.dropout.keep(logits.shape), rate)
     return w.astype(self.config.compute_dtype)
 
   def __call__(
@@ -295,7 +405,10 @@ class Attention(nn.Module):
     logits = jnp.einsum("bhqd,bhkd->bhqk", q_BxHxQxK, k_BxHxKxK,
                         preferred_element_type=jnp.float32)
     for term in (bias if isinstance(bias, tuple) else (bias,)):
-      logits = logits + term
+      if term.ndim == 4 and term.shape[0] == 1 < logits.shape[0]:
+        logits = add_shared_bias(logits, term)
+      else:
+        logits = logits + term
     w_BxHxQxK = self.weights(logits, deterministic)
     o_BxHxQxK = jnp.einsum("bhqk,bhkd->bhqd", w_BxHxQxK, v_BxHxKxK)
     return self.merge(jnp.swapaxes(o_BxHxQxK, 1, 2))
