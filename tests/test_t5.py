@@ -312,6 +312,16 @@ def _rel_err(a, b):
   return float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30))
 
 
+def _plain_mlp(x, wi, wo, keep, rate):
+  """The relu feed-forward with dropout, left to autodiff."""
+  return jnp.where(keep, jax.nn.relu(x @ wi) / (1 - rate), 0) @ wo
+
+
+def _plain_softmax_dropout(logits, keep, rate):
+  """Attention weights with dropout, left to autodiff."""
+  return jnp.where(keep, jax.nn.softmax(logits, axis=-1) / (1 - rate), 0)
+
+
 def test_relu_dropout_mlp_gradient_is_autodiffs():
   """The hand-written backward (mask read back from the kept activation) equals autodiff
   of the same expression, for every input, at a rate where many units drop."""
@@ -321,7 +331,7 @@ def test_relu_dropout_mlp_gradient_is_autodiffs():
   wo = jnp.asarray(rng.normal(size=(16, 8)), jnp.float32)
   keep = jnp.asarray(rng.random((3, 5, 16)) > 0.3)
   g = jnp.asarray(rng.normal(size=(3, 5, 8)), jnp.float32)
-  plain = lambda x, wi, wo: jnp.where(keep, jax.nn.relu(x @ wi) / 0.7, 0) @ wo
+  plain = lambda x, wi, wo: _plain_mlp(x, wi, wo, keep, 0.3)
   ours = lambda x, wi, wo: t5.relu_dropout_mlp(x, wi, wo, keep, 0.3)
   np.testing.assert_allclose(ours(x, wi, wo), plain(x, wi, wo), rtol=1e-6)
   for a, b in zip(jax.vjp(ours, x, wi, wo)[1](g), jax.vjp(plain, x, wi, wo)[1](g)):
@@ -339,7 +349,7 @@ def test_softmax_dropout_gradient_is_autodiffs():
   logits = logits.at[..., 4:].add(-1e9)  # two masked keys per row
   keep = jnp.asarray(rng.random((2, 3, 4, 6)) > 0.25)
   g = jnp.asarray(rng.normal(size=(2, 3, 4, 6)), jnp.float32)
-  plain = lambda l: jnp.where(keep, jax.nn.softmax(l, axis=-1) / 0.75, 0)
+  plain = lambda l: _plain_softmax_dropout(l, keep, 0.25)
   ours = lambda l: t5.softmax_dropout(l, keep, 0.25)
   np.testing.assert_array_equal(ours(logits), plain(logits))
   a, = jax.vjp(ours, logits)[1](g)
@@ -372,10 +382,8 @@ def test_training_gradient_equals_plain_autodiff(monkeypatch):
   tgt = jnp.asarray(rng.integers(2, 300, (8, 6)), jnp.int32)
   loss = lambda p: step_lib.nll_sum(model, p, src, tgt, rng=jax.random.key(3))[0]
   l1, g1 = jax.value_and_grad(loss)(params)
-  monkeypatch.setattr(t5, "relu_dropout_mlp",
-                      lambda x, wi, wo, keep, r: jnp.where(keep, jax.nn.relu(x @ wi) / (1 - r), 0) @ wo)
-  monkeypatch.setattr(t5, "softmax_dropout",
-                      lambda l, keep, r: jnp.where(keep, jax.nn.softmax(l, axis=-1) / (1 - r), 0))
+  monkeypatch.setattr(t5, "relu_dropout_mlp", _plain_mlp)
+  monkeypatch.setattr(t5, "softmax_dropout", _plain_softmax_dropout)
   monkeypatch.setattr(t5, "add_shared_bias", lambda x, b: x + b)
   l2, g2 = jax.value_and_grad(loss)(params)
   assert float(l1) == float(l2)

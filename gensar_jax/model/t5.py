@@ -193,14 +193,16 @@ class Dropout(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
-    if deterministic or self.rate == 0.0:
-      return x
-    if self.rate >= 1.0:
-      return jnp.zeros_like(x)
+    if not self.draws(deterministic):
+      return jnp.zeros_like(x) if not deterministic and self.rate >= 1.0 else x
     return jnp.where(self.keep(x.shape), x / (1.0 - self.rate), 0).astype(x.dtype)
 
+  def draws(self, deterministic: bool) -> bool:
+    """Whether a call draws a keep mask (training with 0 < rate < 1)."""
+    return not deterministic and 0.0 < self.rate < 1.0
+
   def keep(self, shape: tuple[int, ...]) -> jax.Array:
-    """The keep mask `__call__` would draw for an input of `shape` (0 < rate < 1)."""
+    """The keep mask `__call__` would draw for an input of `shape` (when it `draws`)."""
     seed_2 = jax.random.bits(self.make_rng("dropout"), (2,), jnp.uint32)
     return keep_mask(seed_2, shape, self.rate)
 
@@ -245,11 +247,11 @@ def _relu_dropout_mlp_bwd(rate, residuals, g_xD):
   da_xF = g_xD @ wo_FxD.T
   # relu's and dropout's joint mask is exactly where the kept activation is positive.
   dh_xF = jnp.where(a_xF > 0, da_xF / (1.0 - rate), 0).astype(da_xF.dtype)
-  n = x_xD.ndim - 1
-  dwi_DxF = jnp.tensordot(x_xD, dh_xF, axes=(tuple(range(n)), tuple(range(n))))
+  rows = tuple(range(x_xD.ndim - 1))  # every axis but the features
+  dwi_DxF = jnp.tensordot(x_xD, dh_xF, axes=(rows, rows))
   # g^T @ a, then a transpose of the small result: the matmul's transposed operand is
   # then the D-wide gradient, not the 4x wider activation.
-  dwo_FxD = jnp.tensordot(g_xD, a_xF, axes=(tuple(range(n)), tuple(range(n)))).T
+  dwo_FxD = jnp.tensordot(g_xD, a_xF, axes=(rows, rows)).T
   return dh_xF @ wi_DxF.T, dwi_DxF, dwo_FxD, None
 
 
@@ -283,7 +285,7 @@ class FeedForward(nn.Module):
       wi = _Kernel((c.d_model, c.d_ff), c.d_model**-0.5, name="wi")().astype(cd)
       wo = _Kernel((c.d_ff, c.d_model), c.d_ff**-0.5, name="wo")().astype(cd)
       x = x.astype(cd)
-      if deterministic or c.dropout_rate == 0.0 or c.dropout_rate >= 1.0:
+      if not drop.draws(deterministic):
         return drop(jax.nn.relu(x @ wi), deterministic=deterministic) @ wo
       return relu_dropout_mlp(x, wi, wo, drop.keep(x.shape[:-1] + (c.d_ff,)), c.dropout_rate)
     dense = lambda n, fan_in, name: nn.Dense(
@@ -387,11 +389,10 @@ class Attention(nn.Module):
 
   def weights(self, logits: jax.Array, deterministic: bool) -> jax.Array:
     """Softmax (float32) over the last axis, dropout, cast to the compute dtype."""
-    rate = self.config.dropout_rate
-    if deterministic or rate == 0.0 or rate >= 1.0:
-      w = self.dropout(jax.nn.softmax(logits, axis=-1), deterministic=deterministic)
+    if self.dropout.draws(deterministic):
+      w = softmax_dropout(logits, self.dropout.keep(logits.shape), self.dropout.rate)
     else:
-      w = softmax_dropout(logits, self.dropout.keep(logits.shape), rate)
+      w = self.dropout(jax.nn.softmax(logits, axis=-1), deterministic=deterministic)
     return w.astype(self.config.compute_dtype)
 
   def __call__(
