@@ -69,6 +69,7 @@ BY_NAME: dict[str, Rule] = {
     # Counts where 0 means "off" or "from another field".
     "steps": ZERO_OFF, "max_steps": ZERO_OFF, "max_minutes": ZERO_OFF,
     "eval_rows": ZERO_OFF, "max_examples": ZERO_OFF, "example_requests": ZERO_OFF,
+    "cpu_devices": ZERO_OFF,
     "warmup_epochs": NONNEG, "seed": NONNEG,
     # Rates, scales, fractions.
     "learning_rate": POSITIVE, "weight_decay": NONNEG, "grad_clip": POSITIVE,

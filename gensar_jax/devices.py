@@ -5,11 +5,16 @@ version; run it first on a new accelerator host (`launch/device_check.sh` does).
 imported only inside `describe`, so importing this module starts no backend.
 Memory per device is `device.memory_stats()["bytes_limit"]` where the backend reports
 it (GPU, TPU); elsewhere (CPU) it is `None`, printed as "unknown".
+
+`split_cpu(n)` asks JAX, before its backend starts, for `n` CPU devices: the pipeline's
+mesh then splits each batch over them, and XLA:CPU runs the shards side by side, which
+keeps both cores of a small host busier than one device's intra-op threads do.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -37,6 +42,27 @@ def describe() -> dict[str, Any]:
       "process_index": jax.process_index(),
       "devices": devices,
   }
+
+
+def split_cpu(n: int) -> str:
+  """Asks JAX for `n` CPU devices (`jax_num_cpu_devices`) and says what it did.
+
+  Does nothing when `n` is 0, when `XLA_FLAGS` already sets the count
+  (`--xla_force_host_platform_device_count`, as the tests do: the explicit setting wins)
+  or when JAX's backend has already started (the count is fixed then). Accelerator
+  backends are untouched: the setting concerns the CPU platform only.
+  """
+  if n <= 0:
+    return "CPU devices: JAX's default (cpu_devices = 0)"
+  if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    return "CPU devices: as XLA_FLAGS sets them (cpu_devices not applied)"
+  import jax  # pylint: disable=g-import-not-at-top
+
+  try:
+    jax.config.update("jax_num_cpu_devices", n)
+  except RuntimeError:  # The backend has started: its device count is fixed.
+    return f"CPU devices: {len(jax.devices('cpu'))}, fixed before cpu_devices = {n} was read"
+  return f"CPU devices: {n} (cpu_devices; the mesh splits batches over them)"
 
 
 def format_text(record: dict[str, Any]) -> str:

@@ -19,6 +19,7 @@ from absl import app
 from absl import logging
 
 from gensar_jax import config_files
+from gensar_jax import devices
 from gensar_jax import errors
 from gensar_jax import pipeline
 
@@ -129,11 +130,13 @@ def _run(config, workdir: str, verbose: bool = False) -> None:
   """The absl main: runs the pipeline with `config` in `workdir`."""
   if not verbose:
     quiet_logs()
+  logging.set_verbosity(logging.INFO)
+  # Before anything starts JAX's backend: the CPU device count is fixed from then on.
+  logging.info(devices.split_cpu(int(config.get("cpu_devices", 0))))
   if config.get("distributed", False):
     import jax  # pylint: disable=g-import-not-at-top
 
     jax.distributed.initialize()
-  logging.set_verbosity(logging.INFO)
   if config.get("xla_cache", False):
     enable_xla_cache(pathlib.Path(workdir) / XLA_CACHE)
   try:

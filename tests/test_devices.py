@@ -17,3 +17,35 @@ def test_describe_the_simulated_cpu_devices(capsys):
   assert devices.main(["--json"]) == 0
   assert json.loads(capsys.readouterr().out) == record
   assert devices.main(["--yaml"]) == 2
+
+
+def _devices_after_split(code: str, xla_flags: str | None) -> str:
+  """Runs `code` in a fresh interpreter (JAX's device count is fixed once per process)."""
+  import os
+  import subprocess
+  import sys
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  if xla_flags is not None:
+    env["XLA_FLAGS"] = xla_flags
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=120, check=True)
+  return out.stdout.strip().splitlines()[-1]
+
+
+_SPLIT = ("from gensar_jax import devices; import jax; {before}"
+          "msg = devices.split_cpu({n}); print(len(jax.devices()), '|', msg)")
+
+
+def test_split_cpu_sets_the_device_count_before_jax_starts():
+  line = _devices_after_split(_SPLIT.format(before="", n=3), xla_flags=None)
+  assert line.startswith("3 |") and "CPU devices: 3" in line
+
+
+def test_split_cpu_leaves_an_explicit_xla_flag_and_a_started_backend_alone():
+  line = _devices_after_split(_SPLIT.format(before="", n=3),
+                              xla_flags="--xla_force_host_platform_device_count=5")
+  assert line.startswith("5 |") and "XLA_FLAGS" in line
+  line = _devices_after_split(_SPLIT.format(before="jax.devices(); ", n=3), xla_flags=None)
+  assert line.startswith("1 |") and "fixed before cpu_devices = 3" in line
+  line = _devices_after_split(_SPLIT.format(before="", n=0), xla_flags=None)
+  assert line.startswith("1 |") and "default" in line

@@ -1,12 +1,13 @@
 """Train-step throughput at a preset's real shapes, as a fraction of the machine's matmul rate.
 
   python -m gensar_jax.benchmarks.train_step --shape=cpu|demo|paper [--steps=40]
-      [--batch_size=N] [--json=PATH] [--breakdown]
+      [--batch_size=N] [--cpu_devices=N] [--json=PATH] [--breakdown]
 
 Times `gensar_jax.trainer.step` (`make_train_step` + `jit_train_step`: the train stage's
 step, with the preset's dropout, clipping and AdamW) for a randomly initialised T5 of the
 preset's dimensions (`configs/amazon.py` preset cpu or paper, `configs/demo.py`) on a
-one-device mesh. Batches are planned exactly as training plans them
+mesh over every device, as the train stage runs it: on a CPU host, the config's
+`cpu_devices` (`--cpu_devices` to compare; 1 is JAX's default). Batches are planned exactly as training plans them
 (`train.batches.plan_batches`: length-grouped, padded to the bucket lengths) from
 examples drawn from a real run's length distribution: `office_cpu_lengths.json`, the
 (source, target) token lengths of one epoch of the cpu preset's mixture on Office
@@ -15,7 +16,8 @@ examples drawn from a real run's length distribution: `office_cpu_lengths.json`,
 Every bucket shape is compiled before timing. Printed, from one process in one minute:
   examples/s and s/step over the timed steps (each step waited for);
   the step's FLOPs as XLA counts them (`jit(...).lower(...).compile().cost_analysis()`,
-  per bucket shape, summed over the timed steps) and the achieved GFLOP/s;
+  per bucket shape and device, times the devices, summed over the timed steps) and the
+  achieved GFLOP/s;
   a plain fp32 matmul probe (2048^3, jitted, best of 5) before and after: the machine's
   rate right now, so the step's rate is a fraction of it, comparable across hosts/load;
   the share of padding tokens in the batches.
@@ -42,6 +44,7 @@ import ml_collections
 import numpy as np
 
 from gensar_jax import config_files
+from gensar_jax import devices
 from gensar_jax import padding
 from gensar_jax import sharding
 from gensar_jax.model import t5
@@ -55,6 +58,8 @@ _STEPS = flags.DEFINE_integer("steps", 40, "Timed steps.")
 _JSON = flags.DEFINE_string("json", "", "Write the figures here as JSON.")
 _BREAKDOWN = flags.DEFINE_bool("breakdown", False, "Also time the step's pieces.")
 _DTYPE = flags.DEFINE_string("dtype", "", "Compute dtype (default: the preset's).")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", -1, "CPU devices to split the host into (-1: the config's cpu_devices).")
 _LENGTHS = flags.DEFINE_string(
     "lengths", "", "A length distribution written by `benchmarks.example_lengths` (default: "
     "office_cpu_lengths.json, the cpu preset's mixture on Office).")
@@ -170,7 +175,7 @@ def setup(shape: str, batch_size: int = 0, dtype: str = ""):
   model = t5.T5(model_cfg)
   params = t5.init_params(model_cfg, jax.random.key(0))
   tx, schedule = step_lib.make_optimizer(train_cfg, total_steps=1000)
-  mesh = sharding.make_mesh("data", jax.devices()[:1])
+  mesh = sharding.make_mesh("data")
   replicated = sharding.replicated(mesh)
   state = step_lib.init_state(params, tx)
   state_sh = jax.tree.map(lambda _: replicated, state)
@@ -213,6 +218,8 @@ def breakdown(model, state, batch, key, tx_cfg) -> dict[str, float]:
 def main(argv):
   del argv
   shape = _SHAPE.value
+  n_cpu = _CPU_DEVICES.value if _CPU_DEVICES.value >= 0 else preset("cpu").cpu_devices
+  print(devices.split_cpu(n_cpu), flush=True)
   model, state, step_fn, mesh, batch_size, train_cfg = setup(shape, _BATCH.value, _DTYPE.value)
   cfg = model.config
   rng = np.random.default_rng(0)
@@ -228,7 +235,8 @@ def main(argv):
   shapes = collections.Counter((b["src"].shape[2], b["tgt"].shape[2]) for b in host)
   print(f"shape {shape}: d_model {cfg.d_model}, {cfg.num_encoder_layers}+"
         f"{cfg.num_decoder_layers} layers, {n_params / 1e6:.2f}M parameters, vocabulary "
-        f"{cfg.vocab_size}, batch {batch_size}, dropout {cfg.dropout_rate}, {cfg.dtype}; "
+        f"{cfg.vocab_size}, batch {batch_size} over {mesh.devices.size} device(s), dropout "
+        f"{cfg.dropout_rate}, {cfg.dtype}; "
         f"{len(shapes)} bucket shapes (source x target: "
         + ", ".join(f"{s}x{t}: {n}" for (s, t), n in sorted(shapes.items())) + ")", flush=True)
   real = sum(int((b["src"] != 0).sum() + (b["tgt"] != 0).sum()) for b in host)
@@ -241,7 +249,7 @@ def main(argv):
     k = (b["src"].shape[2], b["tgt"].shape[2])
     if k not in flops_of:
       g = sharding.global_batch(b, mesh, batch_dim=1)
-      flops_of[k] = _flops(step_fn.lower(state, g, key).compile())
+      flops_of[k] = _flops(step_fn.lower(state, g, key).compile()) * mesh.devices.size
       state, m = step_fn(state, g, key)
       jax.block_until_ready(m)
   compile_s = time.perf_counter() - t0
@@ -261,7 +269,8 @@ def main(argv):
   rate = batch_size * len(batches) / wall
   gflops = total_flops / wall / 1e9
   out = {
-      "shape": shape, "batch_size": batch_size, "steps": len(batches),
+      "shape": shape, "batch_size": batch_size, "devices": int(mesh.devices.size),
+      "steps": len(batches),
       "examples_per_s": rate, "sec_per_step": wall / len(batches),
       "sec_per_step_median": float(np.median(times)),
       "step_gflop_mean_xla": total_flops / len(batches) / 1e9,
