@@ -72,8 +72,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.reuse_from = ""  # Another workdir whose finished stages are reused when their fingerprints match.
   c.xla_cache = True  # Keep compiled programs in <workdir>/.xla_cache (later stages and resumes reuse them).
   # On a CPU host: split it into this many JAX devices, over which the mesh shards each
-  # batch (data parallel); on the 2-core host the cpu preset's step runs ~1.15x faster on
-  # 2 than on JAX's one device (README, Benchmarks). 0: JAX's default. XLA_FLAGS'
+  # batch (data parallel); on the 2-core host the cpu preset's step runs ~1.1x faster on
+  # 2 than on JAX's one device (README, Benchmarks: issue 23). 0: JAX's default. XLA_FLAGS'
   # --xla_force_host_platform_device_count, when set, wins. Accelerators are untouched.
   c.cpu_devices = 2
 

@@ -1,6 +1,9 @@
 """`python -m gensar_jax.devices`: what JAX sees, as text and as JSON."""
 
 import json
+import os
+import subprocess
+import sys
 
 from gensar_jax import devices
 
@@ -21,9 +24,6 @@ def test_describe_the_simulated_cpu_devices(capsys):
 
 def _devices_after_split(code: str, xla_flags: str | None) -> str:
   """Runs `code` in a fresh interpreter (JAX's device count is fixed once per process)."""
-  import os
-  import subprocess
-  import sys
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   if xla_flags is not None:
     env["XLA_FLAGS"] = xla_flags

@@ -7,9 +7,9 @@ Times `gensar_jax.trainer.step` (`make_train_step` + `jit_train_step`: the train
 step, with the preset's dropout, clipping and AdamW) for a randomly initialised T5 of the
 preset's dimensions (`configs/amazon.py` preset cpu or paper, `configs/demo.py`) on a
 mesh over every device, as the train stage runs it: on a CPU host, the config's
-`cpu_devices` (`--cpu_devices` to compare; 1 is JAX's default). Batches are planned exactly as training plans them
-(`train.batches.plan_batches`: length-grouped, padded to the bucket lengths) from
-examples drawn from a real run's length distribution: `office_cpu_lengths.json`, the
+`cpu_devices` (`--cpu_devices` to compare; 1 is JAX's default). Batches are planned
+exactly as training plans them (`train.batches.plan_batches`: length-grouped, padded
+to the bucket lengths) from examples drawn from a real run's length distribution: `office_cpu_lengths.json`, the
 (source, target) token lengths of one epoch of the cpu preset's mixture on Office
 (the demo and paper shapes use the same distribution; ids are random).
 
