@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 
 from gensar_jax.benchmarks import device_check
 from tests.conftest import REPO
@@ -81,3 +82,21 @@ def test_junit_counts_and_the_office_curve(tmp_path):
   assert curve["epochs"] == 2.0
   assert curve["validation"] == [{"step": 82, "epoch": 2.0, "minutes": 1.5,
                                   "recommendation/ndcg@10": 0.1}]
+
+
+def test_upstream_stages_are_seeded_from_a_folder_or_a_tgz(tmp_path):
+  source = tmp_path / "made_on_cpu"
+  for stage in ("data", "embed", "identifiers", "doc2query", "train"):
+    (source / stage / "sub").mkdir(parents=True)
+    (source / stage / "sub" / "x.txt").write_text(stage)
+    (source / stage / ".done").write_text("fp")
+  (source / "embed" / ".done").unlink()  # Unfinished: copied, not reported as seeded.
+  with tarfile.open(tmp_path / "up.tgz", "w:gz") as tar:
+    for child in sorted(source.iterdir()):
+      tar.add(child, arcname=child.name)
+  for name, given in (("from_folder", source), ("from_tgz", tmp_path / "up.tgz")):
+    workdir = tmp_path / name
+    assert device_check.seed_upstream(given, workdir) == ["data", "identifiers", "doc2query"]
+    assert (workdir / "doc2query" / "sub" / "x.txt").read_text() == "doc2query"
+    assert (workdir / "embed" / "sub" / "x.txt").exists()
+    assert not (workdir / "train").exists()  # Training is the check's own.

@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import threading
 
 import jax
 import numpy as np
@@ -97,6 +98,39 @@ def test_one_device_and_eight_devices_agree(tmp_path):
   assert _max_abs_diff(results["one"].params, params) > 1e-3
   assert _max_abs_diff(results["one"].params, results["eight"].params) < 1e-5
   assert _max_abs_diff(results["one"].params, results["fsdp"].params) < 1e-5
+
+
+def test_the_next_epoch_is_built_in_the_background_with_the_same_batches(tmp_path):
+  # Epoch-dependent data (as the train stage's re-sampled epochs): the full run takes
+  # epochs 1 and 2 from the background builder; the run resumed at step 5 (inside epoch
+  # 1) builds epoch 1 in line. Same losses either way.
+  model, params = _model()
+  built = []
+
+  def make_epoch(e):
+    built.append((e, threading.current_thread().name))
+    return _planted(64, seed=e, vary=True)
+
+  full = _train(_config(epochs=3), tmp_path / "full", model=model, init_params=params,
+                make_epoch=make_epoch)
+  assert full.steps == 12
+  assert [e for e, _ in built] == [0, 1, 2]
+  assert built[0][1] == threading.main_thread().name
+  assert all(name.startswith("epoch") for _, name in built[1:])
+  built.clear()
+  _train(_config(epochs=3, max_steps=5), tmp_path / "cut", model=model, init_params=params,
+         make_epoch=make_epoch)
+  assert [e for e, _ in built] == [0, 1, 2]  # Epoch 2 was built ahead, then not used.
+  built.clear()
+  resumed = _train(_config(epochs=3), tmp_path / "cut", model=model, init_params=params,
+                   make_epoch=make_epoch)
+  assert resumed.resumed_from == 5 and resumed.steps == 12
+  assert built[:2] == [(0, threading.main_thread().name), (1, threading.main_thread().name)]
+  lf, lr = _train_losses(tmp_path / "full"), _train_losses(tmp_path / "cut")
+  assert sorted(lf) == list(range(1, 13))
+  for s in range(6, 13):
+    assert lr[s] == pytest.approx(lf[s], rel=1e-6, abs=1e-7)
+  assert _max_abs_diff(full.params, resumed.params) < 1e-6
 
 
 def test_fsdp_rule_shards_the_largest_divisible_dimension():

@@ -14,11 +14,11 @@ conservative so that content words such as "office" or "supplies" survive.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from typing import Iterable
 
-import krovetzstemmer
 import numpy as np
 
 STOPWORDS = frozenset("""
@@ -34,15 +34,23 @@ why will with would you your yours yourself yourselves
 
 _NON_ALPHA = re.compile(r"[^a-zA-Z ]")
 
-_STEMMER = krovetzstemmer.Stemmer()
 _STEM_CACHE: dict[str, str] = {}
+
+
+@functools.cache
+def _stemmer():
+  """The Krovetz stemmer, imported on first use: the data stage alone stems, and the later
+  stages that import this module for its fingerprint then need no compiled stemmer."""
+  import krovetzstemmer  # pylint: disable=g-import-not-at-top
+
+  return krovetzstemmer.Stemmer()
 
 
 def stem(word: str) -> str:
   """Krovetz stem of a lowercase word (memoised)."""
   s = _STEM_CACHE.get(word)
   if s is None:
-    s = _STEM_CACHE[word] = _STEMMER.stem(word)
+    s = _STEM_CACHE[word] = _stemmer().stem(word)
   return s
 
 

@@ -27,6 +27,7 @@ step of the failure.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import math
@@ -57,6 +58,45 @@ EpochFn = Callable[[int], tuple[list[np.ndarray], list[np.ndarray]]]
 ValidateFn = Callable[[Any, int], dict[str, float]]
 
 MAX_IN_FLIGHT = 2  # Steps dispatched ahead of the host (bounds the drain on preemption).
+
+
+class EpochPrefetch:
+  """Epoch e+1's batches built in a background thread while epoch e trains.
+
+  Building an epoch (sampling its examples, tokenising them, planning its batches) is
+  host work of seconds: on an accelerator it would stall the device once an epoch, on
+  CPU it overlaps with XLA's threads. Each epoch is still built by the same pure
+  function of its number, so the batches, and every loss, are the same as when built
+  in line. A context manager: leaving it waits for a build in flight.
+
+  Args:
+    build: the epoch's batches from its number (deterministic in it).
+    first: epoch 0's batches, already built (the schedule's length comes from them).
+    num_epochs: epochs of the run (none is built past the last).
+  """
+
+  def __init__(self, build: Callable[[int], Any], first: Any, num_epochs: int):
+    self.build, self.first, self.num_epochs = build, first, num_epochs
+    self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="epoch")
+    self.ahead: tuple[int, concurrent.futures.Future] | None = None
+
+  def get(self, epoch: int) -> Any:
+    """Epoch `epoch`'s batches (from the build in flight when it is that one's); starts
+    building the next epoch's."""
+    if self.ahead is not None and self.ahead[0] == epoch:
+      batches = self.ahead[1].result()  # Re-raises the build's exception.
+    else:
+      batches = self.first if epoch == 0 else self.build(epoch)
+    self.ahead = None
+    if epoch + 1 < self.num_epochs:
+      self.ahead = (epoch + 1, self.pool.submit(self.build, epoch + 1))
+    return batches
+
+  def __enter__(self) -> "EpochPrefetch":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 @contextlib.contextmanager
@@ -255,9 +295,10 @@ def train(
   t_session = time.time()
 
   done = run.step >= stop_at or prog.budget_hit
-  with stop_signals() as stop, _closing_on_error(ckpt, log, run.bar):
+  with stop_signals() as stop, _closing_on_error(ckpt, log, run.bar), \
+      EpochPrefetch(epoch_batches, first, num_epochs) as epochs:
     while not done and prog.epoch < num_epochs:
-      eb = first if prog.epoch == 0 else epoch_batches(prog.epoch)
+      eb = epochs.get(prog.epoch)
       it = eb.iterator(prog.iterator)
       prog.iterator = None
       for local in it:
