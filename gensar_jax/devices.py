@@ -62,7 +62,7 @@ def split_cpu(n: int) -> str:
     jax.config.update("jax_num_cpu_devices", n)
   except RuntimeError:  # The backend has started: its device count is fixed.
     return f"CPU devices: {len(jax.devices('cpu'))}, fixed before cpu_devices = {n} was read"
-  return f"CPU devices: {n} (cpu_devices; the mesh splits batches over them)"
+  return f"CPU devices: {n} (cpu_devices; on a CPU backend the mesh splits batches over them)"
 
 
 def format_text(record: dict[str, Any]) -> str:
