@@ -64,6 +64,7 @@ from absl import flags
 import numpy as np
 
 from gensar_jax import compute_trend
+from gensar_jax import console_logs
 from gensar_jax import metrics as metrics_lib
 from gensar_jax import task_kinds
 from gensar_jax.data import schema
@@ -378,6 +379,7 @@ flags.DEFINE_string("png", None, "trend: where the plot goes (none when unset)."
 
 
 def main(argv: Sequence[str]) -> None:
+  console_logs.quiet()  # `compare` and `rescore` restore checkpoints: Orbax's INFO lines off.
   commands = ("record", "table", "seeds", "rescore", "compare", "popularity", "trend",
               "prior")
   if len(argv) < 2 or argv[1] not in commands:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-import logging as pylogging
 import os
 import pathlib
 import sys
@@ -19,6 +18,7 @@ from absl import app
 from absl import logging
 
 from gensar_jax import config_files
+from gensar_jax import console_logs
 from gensar_jax import devices
 from gensar_jax import errors
 from gensar_jax import pipeline
@@ -109,27 +109,10 @@ def outputs_text(workdir: pathlib.Path, summaries) -> str:
   return "\n".join([f"outputs of this run in {workdir}:"] + lines)
 
 
-PACKAGE_DIR = str(pathlib.Path(__file__).resolve().parent)
-
-
-class _OwnInfoOnly(pylogging.Filter):
-  """Keeps INFO lines of this package and warnings of anyone; drops third-party INFO
-  (Orbax, TensorStore, JAX's backend probing) unless `--verbose`."""
-
-  def filter(self, record: pylogging.LogRecord) -> bool:
-    return record.levelno >= pylogging.WARNING or record.pathname.startswith(PACKAGE_DIR)
-
-
-def quiet_logs() -> None:
-  """Third-party INFO lines off (see `_OwnInfoOnly`), C++ INFO/WARNING lines of XLA off."""
-  logging.get_absl_handler().addFilter(_OwnInfoOnly())
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
 def _run(config, workdir: str, verbose: bool = False) -> None:
   """The absl main: runs the pipeline with `config` in `workdir`."""
   if not verbose:
-    quiet_logs()
+    console_logs.quiet()
   logging.set_verbosity(logging.INFO)
   # Before anything starts JAX's backend: the CPU device count is fixed from then on.
   logging.info(devices.split_cpu(int(config.get("cpu_devices", 0))))

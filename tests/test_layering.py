@@ -5,7 +5,8 @@ From the bottom up; a module imports only modules of its own layer or below:
                    sharding, padding, metrics, tokens, task_kinds (the one task ↔
                    identifier kind ↔ behaviour-token table), prompts, compute_trend,
                    progress (bars only on a terminal), manifest (stage output digests),
-                   workdir_lock (one run per workdir), seeds (every stage's seed)
+                   workdir_lock (one run per workdir), seeds (every stage's seed),
+                   console_logs (which log lines reach the console)
   1 shared models  model/, decoding/, ranking (the generative ranker of validation,
                    eval and inference)
   2 engines        trainer/ (the training loop, step, batches, checkpoints and logs that
@@ -31,7 +32,7 @@ from tests.conftest import REPO
 PACKAGE = REPO / "gensar_jax"
 GROUND = {"__init__", "errors", "atomic", "file_digests", "context", "sharding", "padding",
           "metrics", "tokens", "task_kinds", "prompts", "compute_trend", "progress",
-          "manifest", "workdir_lock", "seeds"}
+          "manifest", "workdir_lock", "seeds", "console_logs"}
 SHARED = {"model", "decoding", "ranking"}
 ENGINES = {"trainer"}
 # The stage packages in pipeline order (`gensar_jax.pipeline.STAGES`).
