@@ -100,3 +100,15 @@ def test_upstream_stages_are_seeded_from_a_folder_or_a_tgz(tmp_path):
     assert (workdir / "doc2query" / "sub" / "x.txt").read_text() == "doc2query"
     assert (workdir / "embed" / "sub" / "x.txt").exists()
     assert not (workdir / "train").exists()  # Training is the check's own.
+
+
+def test_a_damaged_upstream_tgz_fails_its_phase_and_skips_training(tmp_path):
+  (tmp_path / "up.tgz").write_bytes(b"not a tar archive")
+  record = device_check.run_check(tmp_path / "out", dry=False, budget_s=120, phases=["office"],
+                                  office_dir=str(tmp_path), eval_every_epochs=2,
+                                  office_upstream=str(tmp_path / "up.tgz"))
+  upstream = record["phases"]["office_upstream"]
+  assert upstream["status"] == "failed" and upstream["stages"] == []
+  assert "ReadError" in upstream["log_tail"]
+  assert record["phases"]["office"]["status"] == "skipped"
+  assert json.loads((tmp_path / "out" / "device_check.json").read_text())["done"]

@@ -452,12 +452,15 @@ def run_check(out: pathlib.Path, dry: bool, budget_s: float, phases: list[str],
       # Not run again here (embed's checks want the text encoder, which an offline
       # accelerator host may lack): the train stage's runner confirms their fingerprints.
       start = time.time()
-      seeded = seed_upstream(pathlib.Path(office_upstream), workdir)
+      try:
+        seeded, why = seed_upstream(pathlib.Path(office_upstream), workdir), ""
+      except (OSError, tarfile.TarError) as e:  # Missing or damaged: a failed phase.
+        seeded, why = [], f"{type(e).__name__}: {e}; "
       missing = sorted(set(UPSTREAM_STAGES) - set(seeded))
       phase = {"status": "failed" if missing else "ok", "seconds": round(time.time() - start, 1),
                "seeded_from": office_upstream, "stages": seeded}
       if missing:
-        phase["log_tail"] = f"unfinished in {office_upstream}: {missing}"
+        phase["log_tail"] = f"{why}unfinished in {office_upstream}: {missing}"
     else:
       phase = check.run("office_upstream",
                         base + ["--config.stages=" + ",".join(UPSTREAM_STAGES)],

@@ -9,9 +9,10 @@ preset's dimensions (`configs/amazon.py` preset cpu or paper, `configs/demo.py`)
 mesh over every device, as the train stage runs it: on a CPU host, the config's
 `cpu_devices` (`--cpu_devices` to compare; 1 is JAX's default). Batches are planned
 exactly as training plans them (`train.batches.plan_batches`: length-grouped, padded
-to the bucket lengths) from examples drawn from a real run's length distribution: `office_cpu_lengths.json`, the
-(source, target) token lengths of one epoch of the cpu preset's mixture on Office
-(the demo and paper shapes use the same distribution; ids are random).
+to the bucket lengths) from examples drawn from a real run's length distribution:
+`office_cpu_lengths.json`, the (source, target) token lengths of one epoch of the cpu
+preset's mixture on Office (the demo and paper shapes use the same distribution; ids
+are random).
 
 Every bucket shape is compiled before timing. Printed, from one process in one minute:
   examples/s and s/step over the timed steps (each step waited for);
