@@ -389,3 +389,25 @@ def test_training_gradient_equals_plain_autodiff(monkeypatch):
   assert float(l1) == float(l2)
   errs = jax.tree.leaves(jax.tree.map(_rel_err, g1, g2))
   assert max(errs) < 1e-5
+
+
+def test_dense_is_flax_dense_with_a_two_dimensional_product():
+  """`_Dense` (every projection of the model) has nn.Dense's parameter tree and
+  initialisation, and its values and gradients on a `[B, S, D]` input equal nn.Dense's
+  up to float rounding; `matmul_rows` keeps the leading axes."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.normal(size=(3, 7, 16)), jnp.float32)
+  g = jnp.asarray(rng.normal(size=(3, 7, 24)), jnp.float32)
+  ours = t5._Dense(24, 0.3, jnp.float32)  # pylint: disable=protected-access
+  flax_dense = nn.Dense(24, use_bias=False, kernel_init=nn.initializers.normal(0.3))
+  p_ours, p_flax = ours.init(jax.random.key(5), x), flax_dense.init(jax.random.key(5), x)
+  assert jax.tree.structure(p_ours) == jax.tree.structure(p_flax)
+  np.testing.assert_array_equal(p_ours["params"]["kernel"], p_flax["params"]["kernel"])
+  y_ours, vjp_ours = jax.vjp(lambda p, x: ours.apply(p, x), p_ours, x)
+  y_flax, vjp_flax = jax.vjp(lambda p, x: flax_dense.apply(p, x), p_flax, x)
+  assert y_ours.shape == (3, 7, 24)
+  np.testing.assert_allclose(y_ours, y_flax, rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(vjp_ours(g)), jax.tree.leaves(vjp_flax(g))):
+    assert a.shape == b.shape and _rel_err(a, b) < 1e-5
+  assert t5.matmul_rows(x, jnp.ones((16, 2))).shape == (3, 7, 2)

@@ -5,8 +5,9 @@ a seeded permutation, cut into chunks of `GROUP_BATCHES` batches, each chunk sor
 (target bucket, source length) and cut into batches, then the batch order shuffled.
 Similar lengths share a batch (little padding) while batch composition still varies
 between epochs. A batch is padded to the smallest bucket length holding its longest
-source/target (`padded_lengths`: `padding.TRAIN_SOURCE_BUCKETS`, `TARGET_BUCKETS`), so
-the jitted step compiles once per (source, target) bucket pair.
+source/target (`padded_lengths`: `padding.TRAIN_SOURCE_BUCKETS`,
+`padding.TRAIN_TARGET_BUCKETS`), so the jitted step compiles once per (source, target)
+bucket pair.
 
 The plan is a pure function of (seed, epoch, lengths), the same on every process;
 each process materialises only its rows of every global batch. A grain
@@ -22,8 +23,8 @@ import numpy as np
 
 from gensar_jax.padding import bucket_length
 from gensar_jax.padding import pad_stack
-from gensar_jax.padding import TARGET_BUCKETS
 from gensar_jax.padding import TRAIN_SOURCE_BUCKETS
+from gensar_jax.padding import TRAIN_TARGET_BUCKETS
 
 GROUP_BATCHES = 32  # Batches per length-sorted chunk.
 
@@ -40,7 +41,7 @@ def plan_batches(
   perm = rng.permutation(n)
   num_batches = n // global_batch
   perm = perm[: num_batches * global_batch]
-  tb = np.array([bucket_length(int(t), TARGET_BUCKETS) for t in tgt_len])
+  tb = np.array([bucket_length(int(t), TRAIN_TARGET_BUCKETS) for t in tgt_len])
   chunk = GROUP_BATCHES * global_batch
   batches = []
   for start in range(0, len(perm), chunk):
@@ -56,7 +57,7 @@ def plan_batches(
 def padded_lengths(src_len: np.ndarray, tgt_len: np.ndarray) -> tuple[int, int]:
   """(source, target) lengths a global batch with these example lengths is padded to."""
   return (bucket_length(int(np.max(src_len)), TRAIN_SOURCE_BUCKETS),
-          bucket_length(int(np.max(tgt_len)), TARGET_BUCKETS))
+          bucket_length(int(np.max(tgt_len)), TRAIN_TARGET_BUCKETS))
 
 
 class EpochBatches:
