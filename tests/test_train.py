@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from gensar_jax import padding
 from gensar_jax import seeds
 from gensar_jax import sharding
 from gensar_jax.model import t5 as t5_lib
@@ -15,6 +16,8 @@ from gensar_jax.trainer import batches as batches_lib
 from gensar_jax.trainer import loop
 from gensar_jax.trainer import step as step_lib
 from tests.conftest import load_config
+
+_BUCKETS = padding.CPU_TRAIN_BUCKETS
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 VOCAB = 48
@@ -164,13 +167,14 @@ def test_resume_continues_with_the_same_batches_and_losses(tmp_path):
 
 def test_iterator_state_gives_the_same_next_batch():
   src, tgt = _planted(200, vary=True)
-  eb = batches_lib.EpochBatches(src, tgt, 16, 2, seed=3, epoch=1)
+  eb = batches_lib.EpochBatches(src, tgt, 16, 2, seed=3, epoch=1, buckets=_BUCKETS)
   it = eb.iterator()
   for _ in range(4):
     next(it)
   state = it.get_state()
   expected = next(it)
-  again = batches_lib.EpochBatches(src, tgt, 16, 2, seed=3, epoch=1).iterator(state)
+  again = batches_lib.EpochBatches(src, tgt, 16, 2, seed=3, epoch=1,
+                                   buckets=_BUCKETS).iterator(state)
   got = next(again)
   np.testing.assert_array_equal(got["src"], expected["src"])
   np.testing.assert_array_equal(got["tgt"], expected["tgt"])
@@ -180,18 +184,34 @@ def test_iterator_state_gives_the_same_next_batch():
 def test_batch_plan_covers_each_example_once_with_little_padding():
   src, tgt = _planted(1000, vary=True)
   lens = np.array([len(s) for s in src])
-  plan = batches_lib.plan_batches(lens, np.array([len(t) for t in tgt]), 32, seed=0, epoch=0)
+  plan = batches_lib.plan_batches(lens, np.array([len(t) for t in tgt]), 32, seed=0, epoch=0,
+                                 buckets=_BUCKETS)
   assert plan.shape == (31, 32)
   assert len(np.unique(plan)) == plan.size
-  padded = sum(batches_lib.bucket_length(int(lens[b].max()), batches_lib.TRAIN_SOURCE_BUCKETS) * 32
+  padded = sum(batches_lib.bucket_length(int(lens[b].max()), _BUCKETS.source) * 32
                for b in plan)
   random_plan = np.random.default_rng(0).permutation(1000)[:992].reshape(31, 32)
   padded_random = sum(
-      batches_lib.bucket_length(int(lens[b].max()), batches_lib.TRAIN_SOURCE_BUCKETS) * 32
+      batches_lib.bucket_length(int(lens[b].max()), _BUCKETS.source) * 32
       for b in random_plan)
   assert padded < 0.8 * padded_random
-  other = batches_lib.plan_batches(lens, np.array([len(t) for t in tgt]), 32, seed=0, epoch=1)
+  other = batches_lib.plan_batches(lens, np.array([len(t) for t in tgt]), 32, seed=0, epoch=1,
+                                  buckets=_BUCKETS)
   assert not np.array_equal(plan, other)
+
+
+def test_training_buckets_are_finer_on_a_cpu_backend():
+  """CPU training pads to every 8 tokens where Office's prompts crowd and targets to 6;
+  accelerators keep the coarser buckets (fewer shapes to compile); both hold any length."""
+  cpu, gpu = padding.train_buckets("cpu"), padding.train_buckets("gpu")
+  assert gpu == padding.train_buckets("tpu") == padding.ACCELERATOR_TRAIN_BUCKETS != cpu
+  src, tgt = np.array([120, 150, 151]), np.array([5, 6, 6])
+  assert batches_lib.padded_lengths(src, tgt, cpu) == (152, 6)
+  assert batches_lib.padded_lengths(src, tgt, gpu) == (160, 8)
+  assert batches_lib.padded_lengths(np.array([2000]), np.array([7]), cpu) == (2000, 8)
+  for b in (cpu, gpu):
+    assert list(b.source) == sorted(set(b.source)) and list(b.target) == sorted(set(b.target))
+    assert set(padding.SOURCE_BUCKETS) <= set(b.source)
 
 
 @pytest.mark.device

@@ -1,15 +1,15 @@
 """Train-step throughput at a preset's real shapes, as a fraction of the machine's matmul rate.
 
   python -m gensar_jax.benchmarks.train_step --shape=cpu|demo|paper [--steps=40]
-      [--batch_size=N] [--cpu_devices=N] [--json=PATH] [--breakdown]
+      [--batch_size=N] [--cpu_devices=N] [--json=PATH] [--breakdown] [--profile=DIR]
 
 Times `gensar_jax.trainer.step` (`make_train_step` + `jit_train_step`: the train stage's
 step, with the preset's dropout, clipping and AdamW) for a randomly initialised T5 of the
 preset's dimensions (`configs/amazon.py` preset cpu or paper, `configs/demo.py`) on a
 mesh over every device, as the train stage runs it: on a CPU host, the config's
 `cpu_devices` (`--cpu_devices` to compare; 1 is JAX's default). Batches are planned
-exactly as training plans them (`train.batches.plan_batches`: length-grouped, padded
-to the bucket lengths) from examples drawn from a real run's length distribution:
+exactly as training plans them (`trainer.batches.plan_batches`: length-grouped, padded
+to the backend's bucket lengths) from examples drawn from a real run's length distribution:
 `office_cpu_lengths.json`, the (source, target) token lengths of one epoch of the cpu
 preset's mixture on Office (the demo and paper shapes use the same distribution; ids
 are random).
@@ -24,6 +24,9 @@ Every bucket shape is compiled before timing. Printed, from one process in one m
   the share of padding tokens in the batches.
 `--breakdown` also times the pieces of the step at the most common bucket shape
 (encoder forward, whole forward, forward + backward, optimizer update, dropout off).
+`--profile=DIR` also records XLA's own profile (`jax.profiler`, written to DIR) of a few
+steps at that shape and prints the op time per model region and the costliest ops
+(`benchmarks.step_profile`).
 `--shape=t5small_ref` keeps the old benchmark's shape (t5-small, the reference's 33,667
 vocabulary, 128-token sources) for comparison with `../shared/bench/refbench`.
 """
@@ -48,6 +51,7 @@ from gensar_jax import config_files
 from gensar_jax import devices
 from gensar_jax import padding
 from gensar_jax import sharding
+from gensar_jax.benchmarks import step_profile
 from gensar_jax.model import t5
 from gensar_jax.trainer import batches as batches_lib
 from gensar_jax.trainer import step as step_lib
@@ -58,6 +62,9 @@ _BATCH = flags.DEFINE_integer("batch_size", 0, "Examples per step (0: the preset
 _STEPS = flags.DEFINE_integer("steps", 40, "Timed steps.")
 _JSON = flags.DEFINE_string("json", "", "Write the figures here as JSON.")
 _BREAKDOWN = flags.DEFINE_bool("breakdown", False, "Also time the step's pieces.")
+_PROFILE = flags.DEFINE_string(
+    "profile", "", "Also profile steps at the most common bucket shape; the trace goes here.")
+_PROFILE_STEPS = 5  # Steps traced by --profile.
 _DTYPE = flags.DEFINE_string("dtype", "", "Compute dtype (default: the preset's).")
 _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", -1, "CPU devices to split the host into (-1: the config's cpu_devices).")
@@ -121,14 +128,15 @@ def planned_batches(batch: int, steps: int, vocab: int, seed: int = 0,
   s_len, t_len = src_all[pick], tgt_all[pick]
   if max_source_len:
     s_len = np.minimum(s_len, max_source_len)
-  plan = batches_lib.plan_batches(s_len, t_len, batch, seed, 0)
+  buckets = padding.train_buckets(jax.default_backend())
+  plan = batches_lib.plan_batches(s_len, t_len, batch, seed, 0, buckets)
   out = []
   for idx in plan[:steps]:
     src = [np.concatenate([rng.integers(3, vocab, n - 1), [1]]).astype(np.int32)
            for n in s_len[idx]]
     tgt = [np.concatenate([rng.integers(3, vocab, n - 1), [1]]).astype(np.int32)
            for n in t_len[idx]]
-    s_pad, t_pad = batches_lib.padded_lengths(s_len[idx], t_len[idx])
+    s_pad, t_pad = batches_lib.padded_lengths(s_len[idx], t_len[idx], buckets)
     out.append({"src": padding.pad_stack(src, s_pad)[None],
                 "tgt": padding.pad_stack(tgt, t_pad)[None]})
   return out
@@ -216,6 +224,33 @@ def breakdown(model, state, batch, key, tx_cfg) -> dict[str, float]:
   return out
 
 
+def profile(step_fn, state, host, mesh, key, trace_dir: str) -> dict:
+  """XLA's profile of `_PROFILE_STEPS` steps at the most common bucket shape of `host`,
+  summed by model region (printed, and returned for the JSON)."""
+  shapes = collections.Counter((b["src"].shape[2], b["tgt"].shape[2]) for b in host)
+  common = shapes.most_common(1)[0][0]
+  b = next(x for x in host if (x["src"].shape[2], x["tgt"].shape[2]) == common)
+  g = sharding.global_batch(b, mesh, batch_dim=1)
+  hlo = step_fn.lower(state, g, key).compile().as_text()
+  box = [state]  # The step donates its state: each call gets the previous call's.
+
+  def run_steps():
+    for _ in range(_PROFILE_STEPS):
+      box[0], metrics = step_fn(box[0], g, key)
+      jax.block_until_ready(metrics)
+
+  run_steps()  # warm
+  t0 = time.perf_counter()
+  run_steps()
+  wall_ms = (time.perf_counter() - t0) / _PROFILE_STEPS * 1000
+  times = step_profile.trace_op_times(run_steps, trace_dir)
+  summary = step_profile.summarise(times, hlo, _PROFILE_STEPS)
+  summary.update(shape=list(common), wall_ms_untraced=wall_ms)
+  print(f"at {common[0]}x{common[1]}, " + step_profile.format_summary(summary, wall_ms),
+        flush=True)
+  return summary
+
+
 def main(argv):
   del argv
   shape = _SHAPE.value
@@ -298,6 +333,8 @@ def main(argv):
     out["breakdown_s"] = parts
     print(f"breakdown at {common[0]}x{common[1]}: "
           + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in parts.items()), flush=True)
+  if _PROFILE.value:
+    out["profile"] = profile(step_fn, state, host, mesh, key, _PROFILE.value)
   if _JSON.value:
     pathlib.Path(_JSON.value).write_text(json.dumps(out, indent=2) + "\n")
 

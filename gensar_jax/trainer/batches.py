@@ -5,9 +5,8 @@ a seeded permutation, cut into chunks of `GROUP_BATCHES` batches, each chunk sor
 (target bucket, source length) and cut into batches, then the batch order shuffled.
 Similar lengths share a batch (little padding) while batch composition still varies
 between epochs. A batch is padded to the smallest bucket length holding its longest
-source/target (`padded_lengths`: `padding.TRAIN_SOURCE_BUCKETS`,
-`padding.TRAIN_TARGET_BUCKETS`), so the jitted step compiles once per (source, target)
-bucket pair.
+source/target (`padded_lengths`, with the backend's `padding.train_buckets`: finer on a
+CPU), so the jitted step compiles once per (source, target) bucket pair.
 
 The plan is a pure function of (seed, epoch, lengths), the same on every process;
 each process materialises only its rows of every global batch. A grain
@@ -23,16 +22,17 @@ import numpy as np
 
 from gensar_jax.padding import bucket_length
 from gensar_jax.padding import pad_stack
-from gensar_jax.padding import TRAIN_SOURCE_BUCKETS
-from gensar_jax.padding import TRAIN_TARGET_BUCKETS
+from gensar_jax.padding import TrainBuckets
 
 GROUP_BATCHES = 32  # Batches per length-sorted chunk.
 
 
 def plan_batches(
-    src_len: np.ndarray, tgt_len: np.ndarray, global_batch: int, seed: int, epoch: int
+    src_len: np.ndarray, tgt_len: np.ndarray, global_batch: int, seed: int, epoch: int,
+    buckets: TrainBuckets,
 ) -> np.ndarray:
-  """Example indices of every global batch of one epoch, `[num_batches, global_batch]`.
+  """Example indices of every global batch of one epoch, `[num_batches, global_batch]`,
+  sorted within chunks by (target bucket, source length).
 
   The remainder (fewer than `global_batch` examples) is left out of this epoch.
   """
@@ -41,7 +41,7 @@ def plan_batches(
   perm = rng.permutation(n)
   num_batches = n // global_batch
   perm = perm[: num_batches * global_batch]
-  tb = np.array([bucket_length(int(t), TRAIN_TARGET_BUCKETS) for t in tgt_len])
+  tb = np.array([bucket_length(int(t), buckets.target) for t in tgt_len])
   chunk = GROUP_BATCHES * global_batch
   batches = []
   for start in range(0, len(perm), chunk):
@@ -54,10 +54,11 @@ def plan_batches(
   return plan[rng.permutation(len(plan))]
 
 
-def padded_lengths(src_len: np.ndarray, tgt_len: np.ndarray) -> tuple[int, int]:
+def padded_lengths(src_len: np.ndarray, tgt_len: np.ndarray,
+                   buckets: TrainBuckets) -> tuple[int, int]:
   """(source, target) lengths a global batch with these example lengths is padded to."""
-  return (bucket_length(int(np.max(src_len)), TRAIN_SOURCE_BUCKETS),
-          bucket_length(int(np.max(tgt_len)), TRAIN_TARGET_BUCKETS))
+  return (bucket_length(int(np.max(src_len)), buckets.source),
+          bucket_length(int(np.max(tgt_len)), buckets.target))
 
 
 class EpochBatches:
@@ -68,11 +69,12 @@ class EpochBatches:
     global_batch: examples per optimizer step over all processes.
     grad_accum_steps: micro-batches per step; batches come out as [A, B_local/A, L].
     seed, epoch: the plan's randomness.
+    buckets: the padded lengths (`padding.train_buckets` of the backend).
     process_index, process_count: which rows of each global batch this process holds.
   """
 
   def __init__(self, src, tgt, global_batch: int, grad_accum_steps: int, seed: int, epoch: int,
-               process_index: int = 0, process_count: int = 1):
+               buckets: TrainBuckets, process_index: int = 0, process_count: int = 1):
     if global_batch % (grad_accum_steps * process_count):
       raise ValueError(
           f"batch_size {global_batch} is not divisible by grad_accum_steps x processes "
@@ -81,7 +83,8 @@ class EpochBatches:
     self.src, self.tgt = src, tgt
     self.src_len = np.array([len(s) for s in src])
     self.tgt_len = np.array([len(t) for t in tgt])
-    self.plan = plan_batches(self.src_len, self.tgt_len, global_batch, seed, epoch)
+    self.buckets = buckets
+    self.plan = plan_batches(self.src_len, self.tgt_len, global_batch, seed, epoch, buckets)
     self.accum = grad_accum_steps
     local = global_batch // process_count
     self.rows = slice(process_index * local, (process_index + 1) * local)
@@ -92,7 +95,7 @@ class EpochBatches:
 
   def _collate(self, idx_G: np.ndarray) -> dict[str, np.ndarray]:
     # Padded lengths come from the whole global batch, so every process agrees.
-    s_len, t_len = padded_lengths(self.src_len[idx_G], self.tgt_len[idx_G])
+    s_len, t_len = padded_lengths(self.src_len[idx_G], self.tgt_len[idx_G], self.buckets)
     mine = idx_G[self.rows]
     src = pad_stack([self.src[i] for i in mine], s_len)
     tgt = pad_stack([self.tgt[i] for i in mine], t_len)

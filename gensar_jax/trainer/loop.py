@@ -42,6 +42,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from gensar_jax import padding
 from gensar_jax import progress as progress_lib
 from gensar_jax import sharding
 from gensar_jax.errors import Diverged
@@ -250,11 +251,12 @@ def train(
         f"must be a whole multiple of the {n_dev} devices"
     )
   seed = int(seed)
+  buckets = padding.train_buckets(jax.default_backend())
 
   def epoch_batches(epoch: int) -> batches_lib.EpochBatches:
     src, tgt = make_epoch(epoch)
     return batches_lib.EpochBatches(
-        src, tgt, tc.batch_size, tc.grad_accum_steps, seed, epoch, pidx, pcount)
+        src, tgt, tc.batch_size, tc.grad_accum_steps, seed, epoch, buckets, pidx, pcount)
 
   # The schedule's length comes from epoch 0 (every epoch has the same task counts).
   first = epoch_batches(0)
