@@ -51,7 +51,8 @@ def trace_op_times(run_steps, trace_dir: str) -> collections.Counter:
                  key=lambda p: p.stat().st_mtime)
   if not files:
     raise FileNotFoundError(f"no perfetto_trace.json.gz under {trace_dir}")
-  events = json.load(gzip.open(files[-1]))
+  with gzip.open(files[-1]) as f:
+    events = json.load(f)
   events = events["traceEvents"] if isinstance(events, dict) else events
   times = collections.Counter()
   for e in events:

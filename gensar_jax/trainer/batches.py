@@ -8,7 +8,9 @@ between epochs. A batch is padded to the smallest bucket length holding its long
 source/target (`padded_lengths`, with the backend's `padding.train_buckets`: finer on a
 CPU), so the jitted step compiles once per (source, target) bucket pair.
 
-The plan is a pure function of (seed, epoch, lengths), the same on every process;
+The plan is a pure function of (seed, epoch, lengths, buckets), the same on every process
+(the buckets follow the backend: a run resumed on another backend continues with that
+backend's batches);
 each process materialises only its rows of every global batch. A grain
 `MapDataset` over the plan gives an iterator whose `get_state()` (the next batch
 index) is saved with the checkpoint: a resumed run rebuilds the epoch's plan and
