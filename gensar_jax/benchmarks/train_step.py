@@ -224,14 +224,14 @@ def breakdown(model, state, batch, key, tx_cfg) -> dict[str, float]:
   return out
 
 
-def profile(step_fn, state, host, mesh, key, trace_dir: str) -> dict:
+def profile(step_fn, state, host, mesh, key, hlo_of: dict, trace_dir: str) -> dict:
   """XLA's profile of `_PROFILE_STEPS` steps at the most common bucket shape of `host`,
-  summed by model region (printed, and returned for the JSON)."""
+  summed by model region (printed, and returned for the JSON); `hlo_of` holds each
+  shape's compiled HLO text, from the compilation that counted its FLOPs."""
   shapes = collections.Counter((b["src"].shape[2], b["tgt"].shape[2]) for b in host)
   common = shapes.most_common(1)[0][0]
   b = next(x for x in host if (x["src"].shape[2], x["tgt"].shape[2]) == common)
   g = sharding.global_batch(b, mesh, batch_dim=1)
-  hlo = step_fn.lower(state, g, key).compile().as_text()
   box = [state]  # The step donates its state: each call gets the previous call's.
 
   def run_steps():
@@ -244,7 +244,7 @@ def profile(step_fn, state, host, mesh, key, trace_dir: str) -> dict:
   run_steps()
   wall_ms = (time.perf_counter() - t0) / _PROFILE_STEPS * 1000
   times = step_profile.trace_op_times(run_steps, trace_dir)
-  summary = step_profile.summarise(times, hlo, _PROFILE_STEPS)
+  summary = step_profile.summarise(times, hlo_of[common], _PROFILE_STEPS)
   summary.update(shape=list(common), wall_ms_untraced=wall_ms)
   print(f"at {common[0]}x{common[1]}, " + step_profile.format_summary(summary, wall_ms),
         flush=True)
@@ -280,12 +280,14 @@ def main(argv):
   src_pad = 1 - sum(int((b["src"] != 0).sum()) for b in host) / sum(b["src"].size for b in host)
   tgt_pad = 1 - sum(int((b["tgt"] != 0).sum()) for b in host) / sum(b["tgt"].size for b in host)
   # Compile every bucket shape (untimed), counting its FLOPs.
-  flops_of, t0 = {}, time.perf_counter()
+  flops_of, hlo_of, t0 = {}, {}, time.perf_counter()
   for b in host:
     k = (b["src"].shape[2], b["tgt"].shape[2])
     if k not in flops_of:
       g = sharding.global_batch(b, mesh, batch_dim=1)
-      flops_of[k] = _flops(step_fn.lower(state, g, key).compile()) * mesh.devices.size
+      compiled = step_fn.lower(state, g, key).compile()
+      flops_of[k] = _flops(compiled) * mesh.devices.size
+      hlo_of[k] = compiled.as_text() if _PROFILE.value else ""
       state, m = step_fn(state, g, key)
       jax.block_until_ready(m)
   compile_s = time.perf_counter() - t0
@@ -334,7 +336,7 @@ def main(argv):
     print(f"breakdown at {common[0]}x{common[1]}: "
           + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in parts.items()), flush=True)
   if _PROFILE.value:
-    out["profile"] = profile(step_fn, state, host, mesh, key, _PROFILE.value)
+    out["profile"] = profile(step_fn, state, host, mesh, key, hlo_of, _PROFILE.value)
   if _JSON.value:
     pathlib.Path(_JSON.value).write_text(json.dumps(out, indent=2) + "\n")
 
