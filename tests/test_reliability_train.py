@@ -157,3 +157,26 @@ def test_a_failed_checkpoint_save_stops_training_within_a_step(tmp_path):
   steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]
   assert max(steps) <= 4, steps
   assert "ImportError" not in proc.stderr
+
+
+def test_a_relative_train_folder_checkpoints_and_restores_by_its_absolute_path(tmp_path,
+                                                                               monkeypatch):
+  # Orbax refuses a relative folder at the first save, minutes into training (`--workdir=W`
+  # on the H200 did): it is only ever given absolute folders.
+  monkeypatch.chdir(tmp_path)
+  model, params = _model()
+  data = _planted(64)
+  _train(_config(max_steps=2), pathlib.Path("run"), model=model, init_params=params,
+         make_epoch=lambda _: data)
+  ckpt = ckpt_lib.Checkpointer(pathlib.Path("run"), 5)
+  assert pathlib.Path(ckpt.periodic.directory).is_absolute()
+  assert pathlib.Path(ckpt.periodic.directory) == tmp_path / "run" / "ckpt"
+  assert ckpt.latest_step() == 2
+  ckpt.close()
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+  restored, step, where = ckpt_lib.restore_params(pathlib.Path("run"), "latest", abstract,
+                                                  "retrain")
+  assert step == 2 and where.is_absolute()
+  assert _finite(restored)
+  assert any(not np.array_equal(a, b) for a, b in
+             zip(jax.tree.leaves(restored), jax.tree.leaves(params)))  # Trained, not init.

@@ -81,7 +81,9 @@ class Checkpointer:
   """
 
   def __init__(self, train_dir: pathlib.Path, max_to_keep: int):
-    train_dir = pathlib.Path(train_dir)
+    # Absolute: Orbax (0.12.4 and our pinned 0.12.8 alike) refuses a relative folder, and
+    # only at the first save, after minutes of training (`--workdir=W` did that).
+    train_dir = pathlib.Path(train_dir).absolute()
     self.periodic = ocp.CheckpointManager(
         train_dir / PERIODIC,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
@@ -221,7 +223,7 @@ def restore_params(directory: pathlib.Path, which: str, abstract_params: Any,
   """
   if which not in ("best", "latest"):
     raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
-  directory = pathlib.Path(directory)
+  directory = pathlib.Path(directory).absolute()  # As in `Checkpointer`.
   manager = None
   for name in ((BEST, PERIODIC) if which == "best" else (PERIODIC,)):
     if (directory / name).exists():
