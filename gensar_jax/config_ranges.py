@@ -54,6 +54,7 @@ BY_NAME: dict[str, Rule] = {
     # Sizes and counts.
     "batch_size": COUNT, "grad_accum_steps": COUNT, "log_every_steps": COUNT,
     "checkpoint_every_steps": COUNT, "max_to_keep": COUNT, "eval_every_epochs": COUNT,
+    "epoch_workers": ZERO_OFF,
     "d_model": COUNT, "d_ff": COUNT, "d_kv": COUNT, "num_heads": COUNT,
     "num_encoder_layers": COUNT, "num_decoder_layers": COUNT, "num_layers": COUNT,
     "hidden": COUNT, "max_len": COUNT, "vocab_size": COUNT, "beam_size": COUNT,

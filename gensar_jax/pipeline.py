@@ -195,7 +195,9 @@ def fingerprint_parts(config: ml_collections.ConfigDict, stage: Stage,
   `external_files(config, workdir) -> [path]`: files or folders outside the workdir it
   reads (raw data, model folders), whose size and content enter the fingerprint; and
   `config_fingerprint(config) -> {key: value}`: config values that matter only in some
-  settings (declared in ALSO_READS), added to the fingerprint when they matter.
+  settings (declared in ALSO_READS), added to the fingerprint when they matter; and
+  `RUNTIME_FIELDS` ("section.field", ...): fields of its sections that change how it
+  runs but never what it writes, left out (a run resumes under another value).
   """
   module = importlib.import_module(stage.module)
   parts: dict[str, Any] = {
@@ -205,6 +207,10 @@ def fingerprint_parts(config: ml_collections.ConfigDict, stage: Stage,
       "config": {k: _section(config, k) for k in stage.config_keys},
       "inputs": {},
   }
+  for key in getattr(module, "RUNTIME_FIELDS", ()):
+    section, _, field = key.partition(".")
+    if isinstance(parts["config"].get(section), dict):
+      parts["config"][section].pop(field, None)
   conditional = getattr(module, "config_fingerprint", None)
   if conditional is not None:
     parts["config"].update(conditional(config))

@@ -160,6 +160,24 @@ def encode_examples(tokenizer, examples: Sequence[Example], max_source_len: int,
   return ([np.asarray(s, np.int32) for s in src], [np.asarray(t, np.int32) for t in tgt])
 
 
+@dataclasses.dataclass(frozen=True)
+class EpochEncoder:
+  """`make_epoch` of the trainer (`loop.train`): epoch -> (source ids, target ids) of
+  `builder.epoch_examples` as `encode_examples` writes them. A picklable object rather
+  than a closure, so worker processes can build epochs ahead (`train.epoch_workers`)."""
+
+  builder: "TaskBuilder"
+  tokenizer: object  # A `gensar_jax.model.tokenizer.Tokenizer`.
+  train_rows: Mapping[str, Mapping[str, np.ndarray]]
+  seed: int
+  max_source_len: int
+  max_target_len: int
+
+  def __call__(self, epoch: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    examples = self.builder.epoch_examples(self.train_rows, self.seed, epoch)
+    return encode_examples(self.tokenizer, examples, self.max_source_len, self.max_target_len)
+
+
 def _truncate_words(text: str, max_words: int) -> str:
   words = text.split()
   return " ".join(words[:max_words])

@@ -274,3 +274,16 @@ def test_train_fingerprint_takes_the_beam_width_only_when_validation_uses_beams(
   assert base.eval.rank == "exact" and fp(base) == fp(wider)  # Exact validation: no beams.
   base.eval.rank = wider.eval.rank = "beam"
   assert fp(base) != fp(wider)
+
+
+def test_train_fingerprint_leaves_out_who_builds_the_epochs(tmp_path):
+  from tests.conftest import load_config  # pylint: disable=g-import-not-at-top
+
+  train = pipeline.STAGES[[s.name for s in pipeline.STAGES].index("train")]
+  fp = lambda c: pipeline.fingerprint(c, train, tmp_path)
+  base, workers, batch = (load_config("demo") for _ in range(3))
+  workers.train.epoch_workers = 8  # A resume on a host with more cores reuses the run.
+  batch.train.batch_size = base.train.batch_size * 2
+  assert fp(base) == fp(workers)
+  assert fp(base) != fp(batch)
+  assert "epoch_workers" in pipeline.stage_config(workers, train).train  # Still read.

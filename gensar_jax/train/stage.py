@@ -49,6 +49,8 @@ CONFIG_KEYS = ("model", "tokenizer", "tasks", "train", "mesh", "eval.score", "ev
 # Read but not fingerprinted: validation's decoding batch; whether ad-hoc search is on
 # (fixed by the doc2query input's fingerprint); the beam width (see config_fingerprint).
 ALSO_READS = ("eval.batch_size", "doc2query.enabled", "eval.beam_size")
+# Not fingerprinted: who builds the epochs (the same batches either way, tested).
+RUNTIME_FIELDS = ("train.epoch_workers",)
 
 
 def config_fingerprint(config) -> dict:
@@ -239,11 +241,8 @@ def run(config, ctx: context.StageContext) -> dict:
   warn_short_passes(config, builder, train_rows)
 
   tasks_cfg = config.tasks
-
-  def make_epoch(epoch: int):
-    return tasks_lib.encode_examples(
-        tokenizer, builder.epoch_examples(train_rows, seeds.train(config), epoch),
-        tasks_cfg.max_source_len, tasks_cfg.max_target_len)
+  make_epoch = tasks_lib.EpochEncoder(builder, tokenizer, train_rows, seeds.train(config),
+                                      tasks_cfg.max_source_len, tasks_cfg.max_target_len)
 
   mesh = sharding.make_mesh(config.mesh.data_axis)
   warm = None
@@ -279,7 +278,8 @@ def run(config, ctx: context.StageContext) -> dict:
   result = loop.train(config.train, ctx.dir, model=model, init_params=params,
                       make_epoch=make_epoch, seed=seeds.train(config), mesh=mesh,
                       shard_params=bool(config.mesh.shard_params),
-                      validate=validate_fn if config.train.eval_rows != 0 else None)
+                      validate=validate_fn if config.train.eval_rows != 0 else None,
+                      epoch_workers=int(config.train.epoch_workers))
   summary = result.summary()
   if jax.process_index() == 0:
     curve.write(ctx.dir, logging_utils.read_history(ctx.dir), summary)

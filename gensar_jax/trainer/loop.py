@@ -27,7 +27,6 @@ step of the failure.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import contextlib
 import dataclasses
 import math
@@ -51,53 +50,14 @@ from gensar_jax.errors import Preempted
 from gensar_jax.trainer import batches as batches_lib
 from gensar_jax.trainer import checkpoint as ckpt_lib
 from gensar_jax.trainer import logging_utils
+from gensar_jax.trainer import prefetch as prefetch_lib
+from gensar_jax.trainer.prefetch import EpochFn
 from gensar_jax.trainer import step as step_lib
 
-# make_epoch(epoch) -> (source ids per example, target ids per example), eos included.
-EpochFn = Callable[[int], tuple[list[np.ndarray], list[np.ndarray]]]
 # validate(params, step) -> {"score": higher is better, **scalars to log}.
 ValidateFn = Callable[[Any, int], dict[str, float]]
 
 MAX_IN_FLIGHT = 2  # Steps dispatched ahead of the host (bounds the drain on preemption).
-
-
-class EpochPrefetch:
-  """Epoch e+1's batches built in a background thread while epoch e trains.
-
-  Building an epoch (sampling its examples, tokenising them, planning its batches) is
-  host work of seconds: on an accelerator it would stall the device once an epoch, on
-  CPU it overlaps with XLA's threads. Each epoch is still built by the same pure
-  function of its number, so the batches, and every loss, are the same as when built
-  in line. A context manager: leaving it waits for a build in flight.
-
-  Args:
-    build: the epoch's batches from its number (deterministic in it).
-    first: epoch 0's batches, already built (the schedule's length comes from them).
-    num_epochs: epochs of the run (none is built past the last).
-  """
-
-  def __init__(self, build: Callable[[int], Any], first: Any, num_epochs: int):
-    self.build, self.first, self.num_epochs = build, first, num_epochs
-    self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="epoch")
-    self.ahead: tuple[int, concurrent.futures.Future] | None = None
-
-  def get(self, epoch: int) -> Any:
-    """Epoch `epoch`'s batches (from the build in flight when it is that one's); starts
-    building the next epoch's."""
-    if self.ahead is not None and self.ahead[0] == epoch:
-      batches = self.ahead[1].result()  # Re-raises the build's exception.
-    else:
-      batches = self.first if epoch == 0 else self.build(epoch)
-    self.ahead = None
-    if epoch + 1 < self.num_epochs:
-      self.ahead = (epoch + 1, self.pool.submit(self.build, epoch + 1))
-    return batches
-
-  def __enter__(self) -> "EpochPrefetch":
-    return self
-
-  def __exit__(self, *exc) -> None:
-    self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 @contextlib.contextmanager
@@ -212,7 +172,7 @@ class Window:
 def train(
     section, train_dir: pathlib.Path, *, model, init_params: Any, make_epoch: EpochFn,
     seed: int, mesh: jax.sharding.Mesh, shard_params: bool = False,
-    validate: ValidateFn | None = None, name: str = "train",
+    validate: ValidateFn | None = None, name: str = "train", epoch_workers: int = 0,
 ) -> TrainResult:
   """Trains `model` from `init_params` (or the newest checkpoint in `train_dir`).
 
@@ -231,6 +191,8 @@ def train(
     validate: optional validation; its "score" selects the best checkpoint.
     name: the section's dotted name in the config ("train", "doc2query.train"), for
       error messages.
+    epoch_workers: processes building epochs ahead (`prefetch.EpochPrefetch`; 0: one
+      background thread); `make_epoch` must then be picklable.
 
   Returns:
     A TrainResult, with the final parameters.
@@ -253,13 +215,13 @@ def train(
   seed = int(seed)
   buckets = padding.train_buckets(jax.default_backend())
 
-  def epoch_batches(epoch: int) -> batches_lib.EpochBatches:
-    src, tgt = make_epoch(epoch)
+  def epoch_batches(epoch: int, examples) -> batches_lib.EpochBatches:
+    src, tgt = examples
     return batches_lib.EpochBatches(
         src, tgt, tc.batch_size, tc.grad_accum_steps, seed, epoch, buckets, pidx, pcount)
 
   # The schedule's length comes from epoch 0 (every epoch has the same task counts).
-  first = epoch_batches(0)
+  first = epoch_batches(0, make_epoch(0))
   steps_per_epoch = len(first)
   if steps_per_epoch == 0:
     raise PipelineError(f"an epoch has fewer examples than {name}.batch_size ({tc.batch_size})")
@@ -298,7 +260,8 @@ def train(
 
   done = run.step >= stop_at or prog.budget_hit
   with stop_signals() as stop, _closing_on_error(ckpt, log, run.bar), \
-      EpochPrefetch(epoch_batches, first, num_epochs) as epochs:
+      prefetch_lib.EpochPrefetch(make_epoch, epoch_batches, first, num_epochs,
+                                 epoch_workers) as epochs:
     while not done and prog.epoch < num_epochs:
       eb = epochs.get(prog.epoch)
       it = eb.iterator(prog.iterator)
