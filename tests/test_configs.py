@@ -97,12 +97,13 @@ def test_accelerator_presets_change_only_what_they_state():
   assert pod_numbers.device_bytes(pod_numbers.PAPER, 512, worst) > 60 * 2**30
   # gpu1_small: the cpu preset's model and stages, trained for 200 epochs at batch 1,024
   # with the learning rate scaled by sqrt(1024 / 64), the paper's recipe (the cpu preset's
-  # departures of issue 24 off) and no wall-clock guard.
+  # departures of issue 24 off), no wall-clock guard, and 8 processes building epochs.
   assert _changed(cpu, small) == {
       "preset", "train.batch_size", "train.learning_rate", "train.epochs", "train.steps",
       "train.checkpoint_every_steps", "train.eval_every_epochs", "eval.batch_size",
       "train.max_minutes", "train.warm_start_steps", "train.warm_start_minutes",
-      "tasks.nrip_popularity_power", "tasks.min_passes"}
+      "tasks.nrip_popularity_power", "tasks.min_passes", "train.epoch_workers"}
+  assert small.train.epoch_workers == 8 and cpu.train.epoch_workers == 0  # Builders ahead.
   for field in ("train.warm_start_steps", "tasks.nrip_popularity_power", "tasks.min_passes"):
     section, name = field.split(".")
     assert small[section][name] == paper[section][name] == 0
