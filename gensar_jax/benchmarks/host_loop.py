@@ -14,7 +14,8 @@ made in WORKDIR (reused from there, not changed; see `--config.reuse_from`), wit
 `trainer.step.jit_train_step` replaced by a stand-in device that takes `--device_ms` per
 step and runs asynchronously like a real one (a step returns at once; its metrics are
 ready `--device_ms` after the previous step's, and the loop waits for them as it waits
-for a device). No validation, no checkpoints, no warm start. Once per `--workers` value
+for a device). No validation, no warm start, one checkpoint at the end (after the last
+timed window). Once per `--workers` value
 (`train.epoch_workers`), it prints the trainer's examples/s over its log windows after
 the first (which holds the workers' start) beside the stand-in's ceiling, batch /
 device_ms. Worker processes add cores, not speed per core: on a 2-core host they cannot
@@ -47,6 +48,7 @@ _DEVICE_MS = flags.DEFINE_float("device_ms", 17.0, "The stand-in device's time a
 _WORKERS = flags.DEFINE_list("workers", ["0", "2"], "train.epoch_workers values to run.")
 _STEPS = flags.DEFINE_integer("steps", 300, "Steps a run.")
 _JSON = flags.DEFINE_string("json", "", "Write the figures here as JSON.")
+LOG_EVERY = 25  # Steps a log window (the rates are the windows').
 
 
 class _Pending:
@@ -90,7 +92,7 @@ def run_once(workers: int, device_s: float) -> dict:
       "stages": "data,embed,identifiers,doc2query,train", "xla_cache": False,
       "train.epoch_workers": workers, "train.max_steps": _STEPS.value, "train.eval_rows": 0,
       "train.checkpoint_every_steps": 10**9, "train.warm_start_steps": 0,
-      "train.max_minutes": 0.0, "train.log_every_steps": 25,
+      "train.max_minutes": 0.0, "train.log_every_steps": LOG_EVERY,
   }
   config = config_files.from_argv(_CONFIG.value, [(k, str(v)) for k, v in overrides.items()])
   device = StandInDevice(device_s)
@@ -126,7 +128,7 @@ def main(argv):
     r = run_once(int(w), device_s)
     out["runs"].append(r)
     print(f"epoch_workers={r['epoch_workers']}: {r['examples_per_s']:.0f} examples/s "
-          f"(over {len(r['examples_per_s_windows'])} log windows of 25 steps), "
+          f"(over {len(r['examples_per_s_windows'])} log windows of {LOG_EVERY} steps), "
           f"{100 * r['examples_per_s'] / r['ceiling_examples_per_s']:.0f}% of the stand-in "
           f"device's {r['ceiling_examples_per_s']:.0f} ({_DEVICE_MS.value:g} ms a step); "
           f"stage {r['stage_wall_s']:.0f} s", flush=True)
