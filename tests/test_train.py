@@ -3,6 +3,7 @@
 import json
 import pathlib
 import threading
+import types
 
 import jax
 import numpy as np
@@ -101,6 +102,32 @@ def test_one_device_and_eight_devices_agree(tmp_path):
   assert _max_abs_diff(results["one"].params, params) > 1e-3
   assert _max_abs_diff(results["one"].params, results["eight"].params) < 1e-5
   assert _max_abs_diff(results["one"].params, results["fsdp"].params) < 1e-5
+
+
+def test_micro_batches_give_the_steps_of_one_batch(tmp_path):
+  # The cpu preset splits each batch into micro-batches (train.grad_accum_steps): the step
+  # sums their gradients and divides by the whole batch's target tokens, so without
+  # dropout the losses and parameters are those of one batch up to float rounding.
+  model, params = _model(dropout=0.0)
+  src, tgt = _planted(64, vary=True)
+  # Targets of 3 to 5 tokens: micro-batches hold different numbers of target tokens, so a
+  # mean of per-micro-batch means would not give these losses.
+  tgt = [np.concatenate([t[:-1], np.full(int(s[0]) % 3, 40, np.int32), t[-1:]])
+         for s, t in zip(src, tgt)]
+  data = (src, tgt)
+  results = {}
+  for accum in (1, 4):
+    c = _config(max_steps=4, batch_size=32, grad_accum_steps=accum)  # micro-batches of 8
+    results[accum] = _train(c, tmp_path / str(accum), model=model, init_params=params,
+                            make_epoch=lambda e: data)
+  one, four = (_history(tmp_path / n) for n in ("1", "4"))
+  one, four = ({r["step"]: r for r in h if r["kind"] == "train"} for h in (one, four))
+  assert sorted(one) == sorted(four) == [1, 2, 3, 4]
+  for s in one:
+    for key in ("loss", "grad_norm"):
+      assert four[s][key] == pytest.approx(one[s][key], rel=1e-5, abs=1e-6), (s, key)
+  assert _max_abs_diff(results[1].params, params) > 1e-3  # Training moved them ...
+  assert _max_abs_diff(results[1].params, results[4].params) < 1e-5  # ... the same way.
 
 
 def test_the_next_epoch_is_built_in_the_background_with_the_same_batches(tmp_path):
@@ -246,6 +273,35 @@ def test_validation_keeps_the_best_checkpoint(tmp_path):
   assert sorted(int(p.name) for p in (tmp_path / "best").iterdir() if p.name.isdigit()) == [4]
   val = [r for r in _history(tmp_path) if r["kind"] == "validation"]
   assert [r["step"] for r in val] == [4, 8]
+
+
+def test_a_validation_inside_a_log_window_is_left_out_of_its_rate(monkeypatch):
+  # Steps before a validation stay in the open window; the validation's minutes do not.
+  # (A reset of the window's clock counted them over the time of the later steps only.)
+  now = [0.0]
+  monkeypatch.setattr(loop.time, "time", lambda: now[0])
+
+  class Log:
+    def write(self, *args, **kwargs):
+      pass
+
+  def validate(params, step):
+    now[0] += 100.0  # The validation takes 100 s.
+    return {"score": 0.5}
+
+  run = loop._Run(  # pylint: disable=protected-access
+      tc=None, name="train", train_dir=None, seed=0, n_dev=1, ckpt=None, log=Log(), bar=None,
+      prog=loop.Progress(), state=types.SimpleNamespace(params=None), step=5, window=loop.Window(), t_start=0.0,
+      validate=validate, param_counts=None, peak=None)
+  metrics = {"loss": 1.0, "learning_rate": 1e-3, "grad_norm": 1.0}
+  run.window.add(metrics, 64, 100, 10)  # Steps in the first 10 s ...
+  now[0] = 10.0
+  assert run.validation(1.0)
+  now[0] = 120.0  # ... a validation to 110 s, then 10 s more of steps.
+  run.window.add(metrics, 64, 100, 10)
+  monkeypatch.setattr(loop.jax, "device_get", lambda x: x)
+  scalars, dt = run.window.scalars(epoch=0, n_dev=1)
+  assert dt == 20.0 and scalars["examples_per_s"] == 128 / 20.0
 
 
 def test_host_runs_at_most_max_in_flight_steps_ahead(tmp_path, monkeypatch):
