@@ -200,11 +200,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   r.warmup_frac = 0.01  # Fraction of steps of linear warmup before cosine decay.
   r.weight_decay = 1e-7  # AdamW weight decay.
   r.batch_size = 8192 if paper else 64  # Global examples per optimizer step.
-  r.grad_accum_steps = 32 if paper else 1  # Micro-batches per optimizer step.
+  # Micro-batches per optimizer step (their gradients summed: the same step up to float
+  # rounding, another dropout draw). cpu: 4 micro-batches of 16, 1.31x the examples/s of
+  # one batch of 64 on the AMD host (their [B, H, S, S] attention tensors stay in cache;
+  # README, *Benchmarks*); 8 were slower than 4.
+  r.grad_accum_steps = 32 if paper else 4
   r.epochs = 200.0 if paper else 4.0  # Passes over the task mixture (a fraction ends partway; sets the schedule).
   # Optimizer steps of the run, overriding epochs (0 = from epochs): equal compute on any
-  # dataset (cpu: ~48 minutes of mixture steps at ~145 examples/s on 2 Intel Xeon cores,
-  # inside the guard below with ~10% to spare, so min_passes holds on a slower hour).
+  # dataset (cpu: 33 minutes of mixture steps at ~240 examples/s on 2 Intel Xeon cores
+  # (1cae491), 49 minutes at ~163 on 2 AMD EPYC cores in micro-batches: inside the guard
+  # below, so min_passes holds on a slower host).
   r.steps = 0 if paper else 6600
   r.grad_clip = 1.0  # Global gradient-norm clip.
   r.label_smoothing = 0.0  # Target weight spread uniformly over the vocabulary (0 = none, the paper's).

@@ -102,7 +102,8 @@ def test_accelerator_presets_change_only_what_they_state():
       "preset", "train.batch_size", "train.learning_rate", "train.epochs", "train.steps",
       "train.checkpoint_every_steps", "train.eval_every_epochs", "eval.batch_size",
       "train.max_minutes", "train.warm_start_steps", "train.warm_start_minutes",
-      "tasks.nrip_popularity_power", "tasks.min_passes", "train.epoch_workers"}
+      "tasks.nrip_popularity_power", "tasks.min_passes", "train.epoch_workers",
+      "train.grad_accum_steps"}
   assert small.train.epoch_workers == 8 and cpu.train.epoch_workers == 0  # Builders ahead.
   for field in ("train.warm_start_steps", "tasks.nrip_popularity_power", "tasks.min_passes"):
     section, name = field.split(".")

@@ -14,6 +14,8 @@ ENTRY %main {
   %fusion.2 = f32[8,8]{1,0} fusion(%p), metadata={op_name="jit(step_fn)/transpose(jvp(T5))/T5.encode/encoder/layer_1/mlp/dot_general"}
   %dot.3 = f32[8,8]{1,0} dot(%a, %b), metadata={op_name="jit(step_fn)/jvp(T5)/decoder/layer_0/self_attention/dot_general"}
   %all-reduce.4 = (f32[8]{0}) all-reduce(%x), metadata={op_name="jit(step_fn)/transpose(jvp(T5))/decoder/layer_0/mlp/reduce_sum"}
+  %while.6 = (s32[], f32[8]{0}) while(%t), condition=%cond, body=%body, metadata={op_name="jit(step_fn)/while"}
+  %custom-call.7 = f32[8]{0} custom-call(%c), custom_call_target="x", metadata={op_name="jit(step_fn)/jvp(T5)/decoder/x"}
   ROOT %add.5 = f32[8]{0} add(%c, %d)
 }
 """
@@ -29,6 +31,8 @@ def test_regions_from_metadata():
   # A gradient all-reduce is named for its op, not for the gradient it carries.
   assert step_profile.region_of("all-reduce.4", meta["all-reduce.4"]) == "gradient all-reduce"
   assert step_profile.region_of("add.5", "") == step_profile.OTHER
+  # A loop's own event spans its body's ops: it is left out, a custom call is kept.
+  assert "while.6" not in meta and "custom-call.7" in meta
 
 
 def test_summary_counts_only_the_modules_ops_per_step():

@@ -31,10 +31,20 @@ REGIONS = (
 OTHER = "optimizer update and the rest"
 
 
+_CONTROL_FLOW = re.compile(r"(?<![\w-])(?:while|conditional|call)\(")
+
+
 def op_metadata(hlo_text: str) -> dict[str, str]:
-  """Instruction name -> its metadata op_name (empty when it has none), from HLO text."""
+  """Instruction name -> its metadata op_name (empty when it has none), from HLO text.
+
+  Control-flow instructions (while, conditional, call) are left out: their trace events
+  span the ops of their bodies, which are counted themselves (micro-batches run the
+  step's forward and backward inside a while loop).
+  """
   out = {}
   for m in re.finditer(r"^\s*(?:ROOT )?%([\w.\-]+) = ([^\n]*)$", hlo_text, re.M):
+    if _CONTROL_FLOW.search(m.group(2).split("metadata=")[0]):
+      continue
     op = re.search(r'op_name="([^"]*)"', m.group(2))
     out.setdefault(m.group(1), op.group(1) if op else "")
   return out

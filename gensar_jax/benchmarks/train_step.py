@@ -1,7 +1,8 @@
 """Train-step throughput at a preset's real shapes, as a fraction of the machine's matmul rate.
 
   python -m gensar_jax.benchmarks.train_step --shape=cpu|demo|paper [--steps=40]
-      [--batch_size=N] [--cpu_devices=N] [--json=PATH] [--breakdown] [--profile=DIR]
+      [--batch_size=N] [--grad_accum_steps=N] [--cpu_devices=N] [--json=PATH] [--breakdown]
+      [--profile=DIR]
 
 Times `gensar_jax.trainer.step` (`make_train_step` + `jit_train_step`: the train stage's
 step, with the preset's dropout, clipping and AdamW) for a randomly initialised T5 of the
@@ -12,13 +13,16 @@ exactly as training plans them (`trainer.batches.plan_batches`: length-grouped, 
 to the backend's bucket lengths) from examples drawn from a real run's length distribution:
 `office_cpu_lengths.json`, the (source, target) token lengths of one epoch of the cpu
 preset's mixture on Office (the demo and paper shapes use the same distribution; ids
-are random).
+are random). Each batch is split into the preset's micro-batches (`train.grad_accum_steps`,
+`--grad_accum_steps` to compare; the paper shape's 32 examples are one micro-batch), as the
+stage splits it: the step sums their gradients in a `lax.scan`.
 
 Every bucket shape is compiled before timing. Printed, from one process in one minute:
   examples/s and s/step over the timed steps (each step waited for);
   the step's FLOPs as XLA counts them (`jit(...).lower(...).compile().cost_analysis()`,
-  per bucket shape and device, times the devices, summed over the timed steps) and the
-  achieved GFLOP/s;
+  per bucket shape and device, times the devices, summed over the timed steps; XLA counts
+  a loop's body once, so with micro-batches the count is taken from the same global batch
+  compiled as one micro-batch) and the achieved GFLOP/s;
   a plain fp32 matmul probe (2048^3, jitted, best of 5) before and after: the machine's
   rate right now, so the step's rate is a fraction of it, comparable across hosts/load;
   the share of padding tokens in the batches.
@@ -59,6 +63,9 @@ from gensar_jax.trainer import step as step_lib
 SHAPES = ("cpu", "demo", "paper", "t5small_ref")
 _SHAPE = flags.DEFINE_enum("shape", "cpu", SHAPES, "Which preset's model and batch.")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "Examples per step (0: the preset's; paper: 32).")
+_ACCUM = flags.DEFINE_integer(
+    "grad_accum_steps", 0, "Micro-batches per step (0: the preset's; paper and t5small_ref: 1).",
+    lower_bound=0)
 _STEPS = flags.DEFINE_integer("steps", 40, "Timed steps.")
 _JSON = flags.DEFINE_string("json", "", "Write the figures here as JSON.")
 _BREAKDOWN = flags.DEFINE_bool("breakdown", False, "Also time the step's pieces.")
@@ -118,10 +125,11 @@ def length_pairs(path: pathlib.Path = LENGTHS) -> tuple[np.ndarray, np.ndarray, 
 
 
 def planned_batches(batch: int, steps: int, vocab: int, seed: int = 0,
-                    max_source_len: int | None = None,
-                    lengths: pathlib.Path = LENGTHS) -> list[dict[str, np.ndarray]]:
-  """`steps` training batches `{"src": [1, B, S], "tgt": [1, B, T]}` planned as training
-  plans them, from examples drawn from the stored length distribution `lengths`."""
+                    max_source_len: int | None = None, lengths: pathlib.Path = LENGTHS,
+                    accum: int = 1) -> list[dict[str, np.ndarray]]:
+  """`steps` training batches `{"src": [A, B / A, S], "tgt": [A, B / A, T]}` (A = `accum`
+  micro-batches) planned as training plans them, from examples drawn from the stored
+  length distribution `lengths`."""
   rng = np.random.default_rng(seed)
   src_all, tgt_all, _ = length_pairs(lengths)
   pick = rng.integers(0, len(src_all), batch * steps)
@@ -137,9 +145,14 @@ def planned_batches(batch: int, steps: int, vocab: int, seed: int = 0,
     tgt = [np.concatenate([rng.integers(3, vocab, n - 1), [1]]).astype(np.int32)
            for n in t_len[idx]]
     s_pad, t_pad = batches_lib.padded_lengths(s_len[idx], t_len[idx], buckets)
-    out.append({"src": padding.pad_stack(src, s_pad)[None],
-                "tgt": padding.pad_stack(tgt, t_pad)[None]})
+    out.append({"src": padding.pad_stack(src, s_pad).reshape(accum, -1, s_pad),
+                "tgt": padding.pad_stack(tgt, t_pad).reshape(accum, -1, t_pad)})
   return out
+
+
+def one_micro_batch(b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """`b`'s examples as one micro-batch `[1, B, L]` (for counting the step's FLOPs)."""
+  return {k: v.reshape(1, -1, v.shape[-1]) for k, v in b.items()}
 
 
 def matmul_probe(n: int = 2048, repeats: int = 5) -> float:
@@ -258,12 +271,18 @@ def main(argv):
   print(devices.split_cpu(n_cpu), flush=True)
   model, state, step_fn, mesh, batch_size, train_cfg = setup(shape, _BATCH.value, _DTYPE.value)
   cfg = model.config
+  accum = _ACCUM.value or (train_cfg.grad_accum_steps if shape in ("cpu", "demo") else 1)
+  if shape == "t5small_ref" and accum != 1:
+    raise app.UsageError("--shape=t5small_ref keeps the reference's one micro-batch")
+  if batch_size % (accum * mesh.devices.size):
+    raise app.UsageError(f"batch {batch_size} does not split into {accum} micro-batches "
+                         f"over {mesh.devices.size} device(s)")
   rng = np.random.default_rng(0)
   if shape == "t5small_ref":
     host = [random_batch(rng, batch_size, 128, 6) for _ in range(_STEPS.value)]
   else:
     host = planned_batches(batch_size, _STEPS.value, cfg.vocab_size,
-                           lengths=pathlib.Path(_LENGTHS.value or LENGTHS))
+                           lengths=pathlib.Path(_LENGTHS.value or LENGTHS), accum=accum)
   batches = [sharding.global_batch(b, mesh, batch_dim=1) for b in host]
   replicated = sharding.replicated(mesh)
   key = jax.device_put(jax.random.key(1), replicated)
@@ -271,7 +290,8 @@ def main(argv):
   shapes = collections.Counter((b["src"].shape[2], b["tgt"].shape[2]) for b in host)
   print(f"shape {shape}: d_model {cfg.d_model}, {cfg.num_encoder_layers}+"
         f"{cfg.num_decoder_layers} layers, {n_params / 1e6:.2f}M parameters, vocabulary "
-        f"{cfg.vocab_size}, batch {batch_size} over {mesh.devices.size} device(s), dropout "
+        f"{cfg.vocab_size}, batch {batch_size} in {accum} micro-batch(es) over "
+        f"{mesh.devices.size} device(s), dropout "
         f"{cfg.dropout_rate}, {cfg.dtype}; "
         f"{len(shapes)} bucket shapes (source x target: "
         + ", ".join(f"{s}x{t}: {n}" for (s, t), n in sorted(shapes.items())) + ")", flush=True)
@@ -280,17 +300,21 @@ def main(argv):
   src_pad = 1 - sum(int((b["src"] != 0).sum()) for b in host) / sum(b["src"].size for b in host)
   tgt_pad = 1 - sum(int((b["tgt"] != 0).sum()) for b in host) / sum(b["tgt"].size for b in host)
   # Compile every bucket shape (untimed), counting its FLOPs.
-  flops_of, hlo_of, t0 = {}, {}, time.perf_counter()
+  flops_of, hlo_of, count_s, t0 = {}, {}, 0.0, time.perf_counter()
   for b in host:
     k = (b["src"].shape[2], b["tgt"].shape[2])
     if k not in flops_of:
       g = sharding.global_batch(b, mesh, batch_dim=1)
       compiled = step_fn.lower(state, g, key).compile()
-      flops_of[k] = _flops(compiled) * mesh.devices.size
+      t_count = time.perf_counter()
+      counted = compiled if accum == 1 else step_fn.lower(
+          state, sharding.global_batch(one_micro_batch(b), mesh, batch_dim=1), key).compile()
+      count_s += time.perf_counter() - t_count  # Not part of the step's compile time.
+      flops_of[k] = _flops(counted) * mesh.devices.size
       hlo_of[k] = compiled.as_text() if _PROFILE.value else ""
       state, m = step_fn(state, g, key)
       jax.block_until_ready(m)
-  compile_s = time.perf_counter() - t0
+  compile_s = time.perf_counter() - t0 - count_s
   load_before = os.getloadavg()
   probe_before = matmul_probe()
   times = []
@@ -307,7 +331,8 @@ def main(argv):
   rate = batch_size * len(batches) / wall
   gflops = total_flops / wall / 1e9
   out = {
-      "shape": shape, "batch_size": batch_size, "devices": int(mesh.devices.size),
+      "shape": shape, "batch_size": batch_size, "grad_accum_steps": accum,
+      "devices": int(mesh.devices.size),
       "steps": len(batches),
       "examples_per_s": rate, "sec_per_step": wall / len(batches),
       "sec_per_step_median": float(np.median(times)),
@@ -332,8 +357,9 @@ def main(argv):
     b = next(x for x in host if (x["src"].shape[2], x["tgt"].shape[2]) == common)
     parts = breakdown(model, state, b, key, train_cfg)
     out["breakdown_shape"] = list(common)
+    out["breakdown_micro_batch"] = int(b["src"].shape[1])
     out["breakdown_s"] = parts
-    print(f"breakdown at {common[0]}x{common[1]}: "
+    print(f"breakdown at {common[0]}x{common[1]}, one micro-batch of {b['src'].shape[1]}: "
           + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in parts.items()), flush=True)
   if _PROFILE.value:
     out["profile"] = profile(step_fn, state, host, mesh, key, hlo_of, _PROFILE.value)
