@@ -92,7 +92,7 @@ def record(workdir: str | pathlib.Path, name: str, command: str, note: str = "")
       "name": name, "command": command, "note": note,
       "train": {k: train.get(k) for k in (
           "steps", "total_steps", "minutes", "budget_hit", "examples_per_s", "loss_end",
-          "best_step", "epoch_examples", "parameters", "train_s", "step_fraction")},
+          "best_step", "epoch_examples", "parameters", "train_s", "step_fraction", "compile_s")},
       "validation": [{k: v for k, v in p.items() if "/" in k or k in ("step", "minutes", "epoch")}
                      for p in val],
   }

@@ -14,6 +14,7 @@ from gensar_jax import seeds
 from gensar_jax import sharding
 from gensar_jax.model import t5 as t5_lib
 from gensar_jax.trainer import batches as batches_lib
+from gensar_jax.trainer import compile_clock
 from gensar_jax.trainer import loop
 from gensar_jax.trainer import step as step_lib
 from tests.conftest import load_config
@@ -276,25 +277,31 @@ def test_validation_keeps_the_best_checkpoint(tmp_path):
 
 
 def test_a_validation_inside_a_log_window_is_left_out_of_its_rate(monkeypatch):
-  # Steps before a validation stay in the open window; the validation's minutes do not.
-  # (A reset of the window's clock counted them over the time of the later steps only.)
+  # Steps before a validation stay in the open window; the validation's minutes (and its
+  # compiles) do not. (A reset of the window's clock counted the steps before it over the
+  # time of the later steps only.)
   now = [0.0]
   monkeypatch.setattr(loop.time, "time", lambda: now[0])
+  clock = compile_clock.CompileClock()
+  compiled = lambda seconds: clock._listen(compile_clock.BACKEND_EVENT, seconds)  # pylint: disable=protected-access
 
   class Log:
     def write(self, *args, **kwargs):
       pass
 
   def validate(params, step):
-    now[0] += 100.0  # The validation takes 100 s.
+    now[0] += 100.0  # The validation takes 100 s, 30 of them compiling.
+    compiled(30.0)
     return {"score": 0.5}
 
   run = loop._Run(  # pylint: disable=protected-access
       tc=None, name="train", train_dir=None, seed=0, n_dev=1, ckpt=None, log=Log(), bar=None,
-      prog=loop.Progress(), state=types.SimpleNamespace(params=None), step=5, window=loop.Window(), t_start=0.0,
-      validate=validate, param_counts=None, peak=None)
+      prog=loop.Progress(), state=types.SimpleNamespace(params=None), step=5,
+      window=loop.Window(clock=clock), t_start=0.0, validate=validate, param_counts=None,
+      peak=None, clock=clock)
   metrics = {"loss": 1.0, "learning_rate": 1e-3, "grad_norm": 1.0}
-  run.window.add(metrics, 64, 100, 10)  # Steps in the first 10 s ...
+  run.window.add(metrics, 64, 100, 10)  # Steps in the first 10 s (2 s compiling) ...
+  compiled(2.0)
   now[0] = 10.0
   assert run.validation(1.0)
   now[0] = 120.0  # ... a validation to 110 s, then 10 s more of steps.
@@ -302,6 +309,39 @@ def test_a_validation_inside_a_log_window_is_left_out_of_its_rate(monkeypatch):
   monkeypatch.setattr(loop.jax, "device_get", lambda x: x)
   scalars, dt = run.window.scalars(epoch=0, n_dev=1)
   assert dt == 20.0 and scalars["examples_per_s"] == 128 / 20.0
+  assert scalars["compile_s"] == 2.0
+
+
+def test_compile_clock_counts_the_compiles_of_new_shapes_while_it_is_open():
+  double = jax.jit(lambda x: x * 2.0 + 1.0)
+  with compile_clock.CompileClock() as clock:
+    double(np.ones(3, np.float32)).block_until_ready()
+    first, programs = clock.seconds, clock.programs
+    double(np.ones(3, np.float32)).block_until_ready()  # The same shape: no compile.
+    assert (clock.seconds, clock.programs) == (first, programs)
+    double(np.ones(5, np.float32)).block_until_ready()  # A new shape compiles again.
+  assert first > 0 and programs >= 1
+  assert clock.seconds > first and clock.programs == programs + 1
+  closed = clock.seconds
+  double(np.ones(7, np.float32)).block_until_ready()
+  assert clock.seconds == closed  # Closed: no longer listening.
+
+
+def test_log_windows_report_the_seconds_spent_compiling_a_new_batch_shape(tmp_path):
+  # Epoch 0 has short sources, epoch 1 long ones (another source bucket): the step is
+  # traced and compiled again at step 3, the first of epoch 1 (two steps an epoch).
+  model, params = _model(dropout=0.0)
+  short, tgt = _planted(32)
+  long = [np.concatenate([s[:-1], np.full(40, 2, np.int32), s[-1:]]) for s in short]
+  c = _config(epochs=2, checkpoint_every_steps=100)
+  result = _train(c, tmp_path, model=model, init_params=params,
+                  make_epoch=lambda epoch: (short if epoch == 0 else long, tgt))
+  compile_s = {r["step"]: r["compile_s"] for r in _history(tmp_path) if r["kind"] == "train"}
+  assert sorted(compile_s) == [1, 2, 3, 4]
+  assert compile_s[1] > 0 and compile_s[3] > 0  # The first step of each shape.
+  assert compile_s[3] > 10 * max(compile_s[2], compile_s[4])
+  # The session's figure sums the windows after the first (as its examples/s does).
+  assert result.compile_s == pytest.approx(compile_s[2] + compile_s[3] + compile_s[4], abs=0.06)
 
 
 def test_host_runs_at_most_max_in_flight_steps_ahead(tmp_path, monkeypatch):

@@ -49,6 +49,7 @@ from gensar_jax.errors import PipelineError
 from gensar_jax.errors import Preempted
 from gensar_jax.trainer import batches as batches_lib
 from gensar_jax.trainer import checkpoint as ckpt_lib
+from gensar_jax.trainer import compile_clock
 from gensar_jax.trainer import logging_utils
 from gensar_jax.trainer import prefetch as prefetch_lib
 from gensar_jax.trainer.prefetch import EpochFn
@@ -105,6 +106,7 @@ class TrainResult:
   minutes: float | None = None
   budget_hit: bool = False
   step_fraction: float | None = None  # Of this session's wall time, the part in steps.
+  compile_s: float = 0.0  # Of the steps' wall time (this session), seconds JAX compiled.
   params: Any = dataclasses.field(repr=False, default=None)
 
   def summary(self) -> dict:
@@ -136,16 +138,25 @@ class Progress:
 
 
 class Window:
-  """The steps since the last log line: their metrics (on device) and sizes."""
+  """The steps since the last log line: their metrics (on device) and sizes, and the
+  seconds JAX spent compiling in them (read from `clock`, when given)."""
 
-  def __init__(self, restored_losses=()):
+  def __init__(self, restored_losses=(), clock: compile_clock.CompileClock | None = None):
     self.restored = [np.float32(x) for x in restored_losses]  # From a checkpoint.
     self.metrics, self.examples, self.src_tokens, self.tgt_tokens = [], 0, 0, 0
     self.t0 = time.time()
+    self.clock = clock
+    self.compile0 = clock.seconds if clock else 0.0
 
-  def exclude(self, seconds: float) -> None:
-    """Leaves `seconds` (a validation inside the window) out of the window's wall time."""
+  def exclude(self, seconds: float, compile_seconds: float = 0.0) -> None:
+    """Leaves `seconds` (a validation inside the window, of which `compile_seconds`
+    compiling) out of the window's wall time and compile time."""
     self.t0 += seconds
+    self.compile0 += compile_seconds
+
+  def compile_s(self) -> float:
+    """Seconds JAX compiled since the window opened (validations left out)."""
+    return self.clock.seconds - self.compile0 if self.clock else 0.0
 
   def add(self, metrics, examples: int, src_tokens: int, tgt_tokens: int) -> None:
     self.metrics.append(metrics)
@@ -168,6 +179,7 @@ class Window:
         "learning_rate": float(got[-1]["learning_rate"]),
         "grad_norm": float(got[-1]["grad_norm"]),
         "examples_per_s": self.examples / dt,
+        "compile_s": self.compile_s(),
         "tokens_per_s_per_device": (self.src_tokens + self.tgt_tokens) / dt / n_dev,
         "epoch": epoch,
     }, dt
@@ -252,18 +264,19 @@ def train(
   log.drop_after(int(resume_step or 0))  # Steps after the restored checkpoint are redone.
   if prog.iterator is not None and prog.iterator.get("next_index", 0) >= steps_per_epoch:
     prog.epoch, prog.iterator = prog.epoch + 1, None
+  clock = compile_clock.CompileClock()
   run = _Run(
       tc=tc, name=name, train_dir=train_dir, seed=seed, n_dev=n_dev, ckpt=ckpt, log=log,
       bar=progress_lib.bar(total=total_steps, initial=int(resume_step or 0), show=pidx == 0,
                            desc="train", unit="step", dynamic_ncols=True),
-      prog=prog, state=state, step=int(resume_step or 0), window=Window(prog.window_losses),
+      prog=prog, state=state, step=int(resume_step or 0), window=Window(prog.window_losses, clock),
       t_start=time.time() - prog.elapsed_s, validate=validate,
       param_counts=logging_utils.split_param_counts(init_params, model.config.vocab_size),
-      peak=logging_utils.peak_flops(mesh.devices.flat[0]))
+      peak=logging_utils.peak_flops(mesh.devices.flat[0]), clock=clock)
   t_session = time.time()
 
   done = run.step >= stop_at or prog.budget_hit
-  with stop_signals() as stop, _closing_on_error(ckpt, log, run.bar), \
+  with stop_signals() as stop, _closing_on_error(ckpt, log, run.bar), run.clock, \
       prefetch_lib.EpochPrefetch(make_epoch, epoch_batches, first, num_epochs,
                                  epoch_workers) as epochs:
     while not done and prog.epoch < num_epochs:
@@ -317,6 +330,7 @@ def train(
       resumed_from=resume_step, minutes=round((time.time() - run.t_start) / 60.0, 2),
       budget_hit=prog.budget_hit,
       step_fraction=round(run.step_s / max(time.time() - t_session, 1e-9), 3),
+      compile_s=round(run.compile_s, 1),
       params=run.state.params,
   )
 
@@ -345,6 +359,9 @@ class _Run:
   in_flight: collections.deque = dataclasses.field(default_factory=collections.deque)
   rates: list = dataclasses.field(default_factory=list)  # examples/s of each log window.
   step_s: float = 0.0  # Wall time between logging points (steps; not validation).
+  clock: compile_clock.CompileClock = dataclasses.field(
+      default_factory=compile_clock.CompileClock)  # Open while the steps run.
+  compile_s: float = 0.0  # Of `step_s`, seconds JAX compiled (new batch shapes).
 
   def diverged(self, bad_step: int, got: dict) -> Diverged:
     """Logs the non-finite step and builds the error (after closing what is open)."""
@@ -387,18 +404,19 @@ class _Run:
     if self.step > 1:
       self.rates.append(self.window.examples / dt)
       self.step_s += dt
+      self.compile_s += scalars["compile_s"]
     prog = self.prog
     prog.loss_start = scalars["loss"] if prog.loss_start is None else prog.loss_start
     prog.loss_end = scalars["loss"]
     self.log.write(self.step, "train", scalars,
                    echo=self.step % self.tc.log_every_steps == 0 or at_end)
     self.bar.set_postfix(loss=f"{scalars['loss']:.4f}")
-    self.window = Window()
+    self.window = Window(clock=self.clock)
 
   def validation(self, position: float) -> bool:
     """Validates; returns whether these parameters are the best so far."""
     self.drain()
-    t_validation = time.time()
+    t_validation, compiled = time.time(), self.clock.seconds
     scores = self.validate(self.state.params, self.step)
     prog = self.prog
     prog.last_validated = self.step
@@ -406,7 +424,7 @@ class _Run:
     self.log.write(self.step, "validation", scores)
     # The open window keeps its steps before the validation and its time without it (a
     # reset here counted those steps over the time of the steps after: up to 3-4x rates).
-    self.window.exclude(time.time() - t_validation)
+    self.window.exclude(time.time() - t_validation, self.clock.seconds - compiled)
     if prog.best_score is not None and scores["score"] <= prog.best_score:
       return False
     prog.best_score, prog.best_step, prog.best_validation = (
