@@ -78,11 +78,19 @@ def help_text() -> str:
 
 def enable_xla_cache(folder: pathlib.Path) -> None:
   """Keeps compiled XLA programs in `folder`: later stages (eval compiles validation's
-  shapes again) and resumed runs load them instead of compiling (each takes seconds)."""
+  shapes again) and resumed runs load them instead of compiling (each takes seconds).
+
+  Off a GPU the programs' keys do not depend on the folder, so a cache copied or moved
+  to another workdir is still read. (JAX 0.10 names a GPU autotuning folder inside the
+  cache in every program's compile options, and so in its key: left on for GPUs, where
+  it saves autotuning; on other backends it only made every other folder miss.)
+  """
   import jax  # pylint: disable=g-import-not-at-top
 
   jax.config.update("jax_compilation_cache_dir", str(folder))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  if jax.default_backend() != "gpu":
+    jax.config.update("jax_persistent_cache_enable_xla_caches", "none")
 
 
 _OUTPUTS = (  # (stage, its main output, what it is)
