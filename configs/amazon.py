@@ -70,7 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.distributed = False  # Call jax.distributed.initialize() (multi-host launches).
   c.ablation = ""  # Name of the ablation this run is (set by configs/ablation.py).
   c.reuse_from = ""  # Another workdir whose finished stages are reused when their fingerprints match.
-  c.xla_cache = True  # Keep compiled programs in <workdir>/.xla_cache (later stages and resumes reuse them).
+  c.xla_cache = True  # Keep compiled programs in <workdir>/.xla_cache (later stages, resumes and, off a GPU, copies of the folder in other workdirs reuse them).
   # On a CPU host: split it into this many JAX devices, over which the mesh shards each
   # batch (data parallel); on the 2-core host the cpu preset's step runs ~1.1x faster on
   # 2 than on JAX's one device (README, Benchmarks: issue 23). 0: JAX's default. XLA_FLAGS'
