@@ -1,5 +1,6 @@
 """Tests of the Flax T5: exact buckets, a numpy reference forward, masking, decoding API."""
 
+import dataclasses
 import math
 
 import jax
@@ -8,6 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from gensar_jax import sharding
 from gensar_jax.model import t5
 from tests import test_t5_import
 
@@ -280,6 +282,36 @@ def test_dropout_values_and_sharding_invariance():
   got = jax.jit(run, in_shardings=(batch, batch))(src, tgt)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
   assert np.abs(np.asarray(want) - np.asarray(model.apply(params, src, tgt))).max() > 1e-3
+
+
+def test_keep_mask_offset_gives_a_slice_of_the_larger_mask():
+  seed = jax.random.bits(jax.random.PRNGKey(5), (2,), jnp.uint32)
+  whole = np.asarray(t5.keep_mask(seed, (8, 3, 7), 0.3))
+  for r in (0, 2, 5):
+    part = t5.keep_mask(seed, (3, 3, 7), 0.3, offset=jnp.uint32(r * 21))
+    np.testing.assert_array_equal(part, whole[r:r + 3])
+  assert not np.array_equal(t5.keep_mask(seed, (3, 3, 7), 0.3), whole[2:5])
+
+
+def test_dropout_on_each_device_rows_inside_shard_map_is_the_whole_batch_dropout():
+  # The train step runs the model on each device's rows (`T5Config.batch_axis`): every
+  # dropout mask must be that device's slice of the whole batch's, or the devices would
+  # share masks and the run would change with the number of devices.
+  model, params = _model(dropout_rate=0.3)
+  src, tgt = _batch(np.random.default_rng(7), b=8)
+  rngs = {"dropout": jax.random.PRNGKey(4)}
+  want = model.apply(params, src, tgt, deterministic=False, rngs=rngs)
+  mesh = sharding.make_mesh("data")  # The train step's mesh: all 8 simulated devices.
+  P = jax.sharding.PartitionSpec
+  for axis, same in (("data", True), (None, False)):
+    local = model.clone(config=dataclasses.replace(model.config, batch_axis=axis))
+    run = jax.shard_map(
+        lambda p, s, t: local.apply(p, s, t, deterministic=False, rngs=rngs),
+        mesh=mesh, in_specs=(P(), P("data"), P("data")), out_specs=P("data"))
+    rows = jax.sharding.NamedSharding(mesh, P("data"))
+    got = np.asarray(jax.jit(run, in_shardings=(None, rows, rows))(params, src, tgt))
+    assert np.allclose(got, np.asarray(want), atol=1e-5) == same, axis
+  assert "batch_axis" not in model.config.to_dict()  # Runtime only, never saved.
 
 
 @pytest.mark.device

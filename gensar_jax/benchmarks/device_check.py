@@ -186,7 +186,7 @@ def train_step_worker(dry: bool, path: pathlib.Path) -> None:
     state = step_lib.init_state(params, tx)
     state_sh = jax.tree.map(lambda _: replicated, state)
     state = jax.device_put(state, state_sh)
-    step_fn = step_lib.jit_train_step(step_lib.make_train_step(model, tx, schedule),
+    step_fn = step_lib.jit_train_step(step_lib.make_train_step(model, tx, schedule, mesh=mesh),
                                       state_sh, batch_sh, replicated)
     rng = np.random.default_rng(0)
     batches = [sharding.global_batch(bench.random_batch(rng, batch, src_len, tgt_len), mesh, 1)

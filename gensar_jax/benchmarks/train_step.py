@@ -205,7 +205,8 @@ def setup(shape: str, batch_size: int = 0, dtype: str = ""):
   batch_sh = {k: sharding.batch_sharding(mesh, 1, 3) for k in ("src", "tgt")}
   step_fn = step_lib.jit_train_step(
       step_lib.make_train_step(model, tx, schedule, dropout=model_cfg.dropout_rate > 0,
-                               label_smoothing=float(train_cfg.get("label_smoothing", 0.0))),
+                               label_smoothing=float(train_cfg.get("label_smoothing", 0.0)),
+                               mesh=mesh),
       state_sh, batch_sh, replicated)
   return model, state, step_fn, mesh, batch_size, train_cfg
 

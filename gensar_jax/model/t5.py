@@ -64,6 +64,11 @@ class T5Config:
   decoder_start_id: int = 0
   tie_word_embeddings: bool = True  # v1.0: logits = hidden * d_model**-0.5 @ E.T.
   feed_forward: str = "relu"  # "relu" (v1.0) or "gated-gelu" (v1.1).
+  # Not architecture, and not saved: the mesh axis the batch is split over while the
+  # model runs on one device's rows inside `shard_map` (the train step sets it). Dropout
+  # then hashes each element's index in the whole batch, so the masks do not depend on
+  # how many devices share it.
+  batch_axis: str | None = None
 
   def __post_init__(self):
     if self.feed_forward not in FEED_FORWARDS:
@@ -92,8 +97,10 @@ class T5Config:
     return cls(**kwargs)
 
   def to_dict(self) -> dict[str, Any]:
-    """A JSON-serialisable dict of every field."""
-    return dataclasses.asdict(self)
+    """A JSON-serialisable dict of every field but the runtime `batch_axis`."""
+    d = dataclasses.asdict(self)
+    del d["batch_axis"]
+    return d
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "T5Config":
@@ -165,7 +172,8 @@ def _mix32(x: jax.Array) -> jax.Array:
   return x ^ (x >> 16)
 
 
-def keep_mask(seed_2: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
+def keep_mask(seed_2: jax.Array, shape: tuple[int, ...], rate: float,
+              offset: jax.Array | int = 0) -> jax.Array:
   """Bernoulli(1 - rate) keep mask: a hash of each element's row-major index and a seed.
 
   Each element's flat index (mod 2**32) is spread by an odd multiplier, offset by
@@ -177,8 +185,11 @@ def keep_mask(seed_2: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Arr
     seed_2: uint32 `[2]` (e.g. `jax.random.bits(key, (2,), jnp.uint32)`).
     shape: the mask's shape (up to 2**32 elements; larger masks repeat).
     rate: drop probability in [0, 1).
+    offset: added to every flat index (uint32 scalar, may be traced): the mask of rows
+      `[r, r + shape[0])` of a larger array is the larger mask's slice at offset
+      `r * prod(shape[1:])`.
   """
-  index = jnp.zeros(shape, jnp.uint32)
+  index = jnp.zeros(shape, jnp.uint32) + jnp.asarray(offset, jnp.uint32)
   stride = 1
   for d in reversed(range(len(shape))):
     index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, d) * jnp.uint32(stride % 2**32)
@@ -189,9 +200,15 @@ def keep_mask(seed_2: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Arr
 
 
 class Dropout(nn.Module):
-  """Inverted dropout (drop with probability `rate`, scale kept values by 1/(1-rate))."""
+  """Inverted dropout (drop with probability `rate`, scale kept values by 1/(1-rate)).
+
+  With `batch_axis` (`T5Config.batch_axis`, inside `shard_map`) the input's leading axis
+  is this device's slice of a batch split evenly over that mesh axis, and the mask is
+  that slice of the whole batch's mask.
+  """
 
   rate: float
+  batch_axis: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
@@ -206,7 +223,11 @@ class Dropout(nn.Module):
   def keep(self, shape: tuple[int, ...]) -> jax.Array:
     """The keep mask `__call__` would draw for an input of `shape` (when it `draws`)."""
     seed_2 = jax.random.bits(self.make_rng("dropout"), (2,), jnp.uint32)
-    return keep_mask(seed_2, shape, self.rate)
+    offset = 0
+    if self.batch_axis is not None:  # This device's rows start at index * rows.
+      offset = jax.lax.axis_index(self.batch_axis).astype(jnp.uint32) * jnp.uint32(
+          math.prod(shape) % 2**32)
+    return keep_mask(seed_2, shape, self.rate, offset)
 
 
 def _mask_bias(mask: jax.Array) -> jax.Array:
@@ -309,7 +330,7 @@ class FeedForward(nn.Module):
   def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
     c = self.config
     cd = c.compute_dtype
-    drop = Dropout(c.dropout_rate, name="Dropout_0")
+    drop = Dropout(c.dropout_rate, c.batch_axis, name="Dropout_0")
     if c.feed_forward == "relu":
       wi = _Kernel((c.d_model, c.d_ff), c.d_model**-0.5, name="wi")().astype(cd)
       wo = _Kernel((c.d_ff, c.d_model), c.d_ff**-0.5, name="wo")().astype(cd)
@@ -397,7 +418,7 @@ class Attention(nn.Module):
     self.key = dense(inner, c.d_model**-0.5)
     self.value = dense(inner, c.d_model**-0.5)
     self.out = dense(c.d_model, inner**-0.5)
-    self.dropout = Dropout(c.dropout_rate)
+    self.dropout = Dropout(c.dropout_rate, c.batch_axis)
 
   def _heads(self, x: jax.Array) -> jax.Array:
     return x.reshape(x.shape[:-1] + (self.config.num_heads, self.config.d_kv))
@@ -456,7 +477,7 @@ class EncoderLayer(nn.Module):
   def __call__(self, x_BxSxD, bias, deterministic):
     """`bias`: terms that add up to `[B, H, S, S]` (see `Attention`)."""
     c = self.config
-    drop = Dropout(c.dropout_rate)
+    drop = Dropout(c.dropout_rate, c.batch_axis)
     y = RMSNorm(c, name="pre_attention_norm")(x_BxSxD)
     y = Attention(c, name="attention")(y, y, bias, deterministic)
     x_BxSxD = x_BxSxD + drop(y, deterministic=deterministic)
@@ -477,7 +498,7 @@ class DecoderLayer(nn.Module):
     self.cross_attention = Attention(c)
     self.pre_mlp_norm = RMSNorm(c)
     self.mlp = FeedForward(c)
-    self.drop = Dropout(c.dropout_rate)
+    self.drop = Dropout(c.dropout_rate, c.batch_axis)
 
   def __call__(self, x_BxTxD, enc_BxSxD, self_bias, cross_bias, deterministic):
     """Teacher forcing over the whole target sequence."""
@@ -548,7 +569,7 @@ class Encoder(nn.Module):
     # one fused pass instead of reading a stored [B, H, S, S] sum (the same logits:
     # a mask term of 0 adds exactly nothing, a masked key gets zero weight either way).
     bias = (bias_HxSxS[None], _mask_bias(src_mask_BxS)[:, None, None, :])
-    drop = Dropout(c.dropout_rate)
+    drop = Dropout(c.dropout_rate, c.batch_axis)
     x = drop(x_BxSxD, deterministic=deterministic)
     for i in range(c.num_encoder_layers):
       x = EncoderLayer(c, name=f"layer_{i}")(x, bias, deterministic)
@@ -568,7 +589,7 @@ class Decoder(nn.Module):
                                 param_dtype=jnp.float32)
     self.layers = [DecoderLayer(c, name=f"layer_{i}") for i in range(c.num_decoder_layers)]
     self.final_norm = RMSNorm(c)
-    self.drop = Dropout(c.dropout_rate)
+    self.drop = Dropout(c.dropout_rate, c.batch_axis)
 
   def _bias(self, rel):
     c = self.config

@@ -256,7 +256,8 @@ def train(
   batch_sh = {k: sharding.batch_sharding(mesh, 1, 3) for k in ("src", "tgt")}
   step_fn = step_lib.jit_train_step(
       step_lib.make_train_step(model, tx, schedule, dropout=model.config.dropout_rate > 0,
-                               label_smoothing=float(tc.label_smoothing)),
+                               label_smoothing=float(tc.label_smoothing),
+                               mesh=None if shard_params else mesh),
       state_sh, batch_sh, replicated)
   rng = jax.device_put(jax.random.key(seed + 1), replicated)
 
