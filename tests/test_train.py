@@ -116,11 +116,11 @@ def _while_bodies_with_all_reduce(hlo_text: str) -> list[str]:
   return sorted(b for b in bodies if re.search(r"= [^\n]*all-reduce(-start)?\(", computations[b]))
 
 
-@pytest.mark.device
 def test_micro_batch_gradients_are_all_reduced_once_per_step():
   # Each device sums its micro-batches' gradients before one all-reduce; left to the
   # partitioner (FSDP's path, `mesh=None`) the all-reduce runs inside the micro-batch
-  # loop, once per micro-batch (~10% of the cpu preset's step, issue 23).
+  # loop, once per micro-batch (~10% of the cpu preset's step, issue 23). Needs several
+  # devices: the 8 simulated CPU ones (not `-m device`: an accelerator host may have one).
   model, params = _model()
   tx, schedule = step_lib.make_optimizer(_config().train, total_steps=10)
   mesh = sharding.make_mesh("data")
