@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from gensar_jax import devices
 
 
@@ -49,3 +51,33 @@ def test_split_cpu_leaves_an_explicit_xla_flag_and_a_started_backend_alone():
   assert line.startswith("1 |") and "fixed before cpu_devices = 3" in line
   line = _devices_after_split(_SPLIT.format(before="", n=0), xla_flags=None)
   assert line.startswith("1 |") and "default" in line
+
+
+_FAULTS = """
+import resource, numpy as np
+from gensar_jax import devices
+{setup}
+def faults():
+  t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  for _ in range(10):  # A step's buffers: allocated, written, freed.
+    a, b = np.ones(2**20, np.float32), np.ones(2**20, np.float32)  # 4 MiB each.
+    del a, b
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - t0
+faults()  # The first round may grow the heap.
+print(faults())
+"""
+
+
+def test_keep_freed_memory_stops_large_blocks_faulting_in_again():
+  # Without it glibc hands the freed top of its heap back to the kernel and faults the
+  # pages in again on the next round (1,024 pages a block); with it they are reused.
+  env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+  run = lambda setup: int(subprocess.run(
+      [sys.executable, "-c", _FAULTS.format(setup=setup)], env=env, capture_output=True,
+      text=True, timeout=120, check=True).stdout.split()[-1])
+  if "glibc" not in (os.confstr("CS_GNU_LIBC_VERSION") or "").lower():
+    pytest.skip("mallopt is glibc's")
+  before = run("")
+  after = run("print(devices.keep_freed_memory())")
+  assert before > 5 * 1_024  # At least one fresh block in each of the ten rounds.
+  assert after < 200

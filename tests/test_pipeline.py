@@ -283,6 +283,7 @@ def test_train_fingerprint_leaves_out_who_builds_the_epochs(tmp_path):
   fp = lambda c: pipeline.fingerprint(c, train, tmp_path)
   base, workers, batch = (load_config("demo") for _ in range(3))
   workers.train.epoch_workers = 8  # A resume on a host with more cores reuses the run.
+  workers.train.precompile = not base.train.precompile  # The same programs either way.
   batch.train.batch_size = base.train.batch_size * 2
   assert fp(base) == fp(workers)
   assert fp(base) != fp(batch)

@@ -8,7 +8,8 @@ Times `gensar_jax.trainer.step` (`make_train_step` + `jit_train_step`: the train
 step, with the preset's dropout, clipping and AdamW) for a randomly initialised T5 of the
 preset's dimensions (`configs/amazon.py` preset cpu or paper, `configs/demo.py`) on a
 mesh over every device, as the train stage runs it: on a CPU host, the config's
-`cpu_devices` (`--cpu_devices` to compare; 1 is JAX's default). Batches are planned
+`cpu_devices` (`--cpu_devices` to compare; 1 is JAX's default) and its
+`cpu_keep_freed_memory` (`--nocpu_keep_freed_memory` to compare). Batches are planned
 exactly as training plans them (`trainer.batches.plan_batches`: length-grouped, padded
 to the backend's bucket lengths) from examples drawn from a real run's length distribution:
 `office_cpu_lengths.json`, the (source, target) token lengths of one epoch of the cpu
@@ -25,7 +26,8 @@ Every bucket shape is compiled before timing. Printed, from one process in one m
   compiled as one micro-batch) and the achieved GFLOP/s;
   a plain fp32 matmul probe (2048^3, jitted, best of 5) before and after: the machine's
   rate right now, so the step's rate is a fraction of it, comparable across hosts/load;
-  the share of padding tokens in the batches.
+  the share of padding tokens in the batches;
+  the minor page faults per timed step and the CPU cores spent in the kernel.
 `--breakdown` also times the pieces of the step at the most common bucket shape
 (encoder forward, whole forward, forward + backward, optimizer update, dropout off).
 `--profile=DIR` also records XLA's own profile (`jax.profiler`, written to DIR) of a few
@@ -75,6 +77,9 @@ _PROFILE_STEPS = 5  # Steps traced by --profile.
 _DTYPE = flags.DEFINE_string("dtype", "", "Compute dtype (default: the preset's).")
 _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", -1, "CPU devices to split the host into (-1: the config's cpu_devices).")
+_KEEP_MEMORY = flags.DEFINE_bool(
+    "cpu_keep_freed_memory", None, "On a CPU backend, keep freed memory for reuse "
+    "(`devices.keep_freed_memory`; default: the config's cpu_keep_freed_memory).")
 _LENGTHS = flags.DEFINE_string(
     "lengths", "", "A length distribution written by `benchmarks.example_lengths` (default: "
     "office_cpu_lengths.json, the cpu preset's mixture on Office).")
@@ -270,6 +275,10 @@ def main(argv):
   shape = _SHAPE.value
   n_cpu = _CPU_DEVICES.value if _CPU_DEVICES.value >= 0 else preset("cpu").cpu_devices
   print(devices.split_cpu(n_cpu), flush=True)
+  keep = _KEEP_MEMORY.value
+  if (preset("cpu").cpu_keep_freed_memory if keep is None else keep) and (
+      jax.default_backend() == "cpu"):
+    print(devices.keep_freed_memory(), flush=True)
   model, state, step_fn, mesh, batch_size, train_cfg = setup(shape, _BATCH.value, _DTYPE.value)
   cfg = model.config
   accum = _ACCUM.value or (train_cfg.grad_accum_steps if shape in ("cpu", "demo") else 1)
@@ -319,6 +328,7 @@ def main(argv):
   load_before = os.getloadavg()
   probe_before = matmul_probe()
   times = []
+  usage0 = resource.getrusage(resource.RUSAGE_SELF)
   t_all = time.perf_counter()
   for b in batches:
     t = time.perf_counter()
@@ -326,6 +336,9 @@ def main(argv):
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t)
   wall = time.perf_counter() - t_all
+  usage1 = resource.getrusage(resource.RUSAGE_SELF)
+  faults = (usage1.ru_minflt - usage0.ru_minflt) / len(batches)
+  system_cores = (usage1.ru_stime - usage0.ru_stime) / wall
   probe_after = matmul_probe()
   probe = (probe_before + probe_after) / 2
   total_flops = sum(flops_of[(b["src"].shape[2], b["tgt"].shape[2])] for b in host)
@@ -345,6 +358,7 @@ def main(argv):
       "compile_s": compile_s, "parameters": int(n_params), "peak_rss_gib": peak_rss_gib(),
       "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""), "loss_last": float(metrics["loss"]),
+      "minor_page_faults_per_step": faults, "system_cpu_cores": system_cores,
   }
   print(f"train step ({shape}): {rate:.1f} examples/s, {wall / len(batches):.3f} s/step "
         f"(median {np.median(times):.3f}) over {len(batches)} steps; "
@@ -352,7 +366,8 @@ def main(argv):
         f"matmul probe {probe_before:.1f} / {probe_after:.1f} GFLOP/s -> "
         f"{100 * gflops / probe:.0f}% of the machine's rate; padding: "
         f"{100 * src_pad:.0f}% of source, {100 * tgt_pad:.0f}% of target tokens; "
-        f"load {load_before[0]:.2f} -> {out['loadavg_after'][0]:.2f}", flush=True)
+        f"load {load_before[0]:.2f} -> {out['loadavg_after'][0]:.2f}; {faults:.0f} page faults "
+        f"a step, {system_cores:.2f} cores in the kernel", flush=True)
   if _BREAKDOWN.value:
     common = shapes.most_common(1)[0][0]
     b = next(x for x in host if (x["src"].shape[2], x["tgt"].shape[2]) == common)

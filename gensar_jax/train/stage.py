@@ -49,8 +49,9 @@ CONFIG_KEYS = ("model", "tokenizer", "tasks", "train", "mesh", "eval.score", "ev
 # Read but not fingerprinted: validation's decoding batch; whether ad-hoc search is on
 # (fixed by the doc2query input's fingerprint); the beam width (see config_fingerprint).
 ALSO_READS = ("eval.batch_size", "doc2query.enabled", "eval.beam_size")
-# Not fingerprinted: who builds the epochs (the same batches either way, tested).
-RUNTIME_FIELDS = ("train.epoch_workers",)
+# Not fingerprinted: who builds the epochs and when the step compiles (the same batches
+# and programs either way, tested).
+RUNTIME_FIELDS = ("train.epoch_workers", "train.precompile")
 
 
 def config_fingerprint(config) -> dict:
@@ -213,7 +214,8 @@ def run_warm_start(config, ctx, *, builder, tokenizer, model, params, train_rows
   result = loop.train(warm_start_section(config.train), ctx.dir / WARM_START_DIR, model=model,
                       init_params=params, make_epoch=lambda epoch: (src, tgt),
                       seed=seeds.train(config), mesh=mesh,
-                      shard_params=bool(config.mesh.shard_params), name="train.warm_start")
+                      shard_params=bool(config.mesh.shard_params), name="train.warm_start",
+                      precompile=bool(config.train.precompile))
   return result.summary(), result.params
 
 
@@ -279,7 +281,8 @@ def run(config, ctx: context.StageContext) -> dict:
                       make_epoch=make_epoch, seed=seeds.train(config), mesh=mesh,
                       shard_params=bool(config.mesh.shard_params),
                       validate=validate_fn if config.train.eval_rows != 0 else None,
-                      epoch_workers=int(config.train.epoch_workers))
+                      epoch_workers=int(config.train.epoch_workers),
+                      precompile=bool(config.train.precompile))
   summary = result.summary()
   if jax.process_index() == 0:
     curve.write(ctx.dir, logging_utils.read_history(ctx.dir), summary)

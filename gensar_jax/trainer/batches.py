@@ -95,6 +95,14 @@ class EpochBatches:
   def __len__(self) -> int:
     return len(self.plan)
 
+  def shapes(self, start: int = 0) -> list[tuple[int, int]]:
+    """The padded (source, target) lengths of batches `start`, `start + 1`, ..., each
+    once, in the order the batches first meet them."""
+    out = {}
+    for idx_G in self.plan[start:]:
+      out.setdefault(padded_lengths(self.src_len[idx_G], self.tgt_len[idx_G], self.buckets), None)
+    return list(out)
+
   def _collate(self, idx_G: np.ndarray) -> dict[str, np.ndarray]:
     # Padded lengths come from the whole global batch, so every process agrees.
     s_len, t_len = padded_lengths(self.src_len[idx_G], self.tgt_len[idx_G], self.buckets)

@@ -25,19 +25,32 @@ COMPILE_EVENTS = (TRACE_EVENT, LOWER_EVENT, BACKEND_EVENT)
 class CompileClock:
   """A context manager summing JAX's compile-time events while it is open.
 
+  Args:
+    thread: count only the events of this thread (`threading.get_ident()`; None: any
+      thread). The trainer counts its loop's: compiles in `precompile`'s background
+      thread do not stop the steps, and the loop's waits for them are `add`ed.
+
   Attributes:
-    seconds: tracing, lowering and compiling seconds so far (any thread).
+    seconds: tracing, lowering and compiling seconds so far (and seconds `add`ed).
     programs: XLA programs compiled (or loaded from the persistent cache) so far.
   """
 
-  def __init__(self):
+  def __init__(self, thread: int | None = None):
     self.seconds = 0.0
     self.programs = 0
+    self._thread = thread
     self._lock = threading.Lock()
+
+  def add(self, seconds: float) -> None:
+    """Counts `seconds` spent waiting for a compilation in another thread."""
+    with self._lock:
+      self.seconds += float(seconds)
 
   def _listen(self, event: str, duration_secs: float, **kwargs) -> None:
     del kwargs
     if event not in COMPILE_EVENTS:
+      return
+    if self._thread is not None and threading.get_ident() != self._thread:
       return
     with self._lock:
       self.seconds += float(duration_secs)

@@ -51,6 +51,7 @@ from gensar_jax.trainer import batches as batches_lib
 from gensar_jax.trainer import checkpoint as ckpt_lib
 from gensar_jax.trainer import compile_clock
 from gensar_jax.trainer import logging_utils
+from gensar_jax.trainer import precompile as precompile_lib
 from gensar_jax.trainer import prefetch as prefetch_lib
 from gensar_jax.trainer.prefetch import EpochFn
 from gensar_jax.trainer import step as step_lib
@@ -189,6 +190,7 @@ def train(
     section, train_dir: pathlib.Path, *, model, init_params: Any, make_epoch: EpochFn,
     seed: int, mesh: jax.sharding.Mesh, shard_params: bool = False,
     validate: ValidateFn | None = None, name: str = "train", epoch_workers: int = 0,
+    precompile: bool = False,
 ) -> TrainResult:
   """Trains `model` from `init_params` (or the newest checkpoint in `train_dir`).
 
@@ -209,6 +211,8 @@ def train(
       error messages.
     epoch_workers: processes building epochs ahead (`prefetch.EpochPrefetch`; 0: one
       background thread); `make_epoch` must then be picklable.
+    precompile: compile the step for each epoch's batch shapes in a background thread
+      before the loop meets them (`precompile.Precompiler`; the same programs).
 
   Returns:
     A TrainResult, with the final parameters.
@@ -265,7 +269,7 @@ def train(
   log.drop_after(int(resume_step or 0))  # Steps after the restored checkpoint are redone.
   if prog.iterator is not None and prog.iterator.get("next_index", 0) >= steps_per_epoch:
     prog.epoch, prog.iterator = prog.epoch + 1, None
-  clock = compile_clock.CompileClock()
+  clock = compile_clock.CompileClock(thread=threading.get_ident())
   run = _Run(
       tc=tc, name=name, train_dir=train_dir, seed=seed, n_dev=n_dev, ckpt=ckpt, log=log,
       bar=progress_lib.bar(total=total_steps, initial=int(resume_step or 0), show=pidx == 0,
@@ -279,14 +283,18 @@ def train(
   done = run.step >= stop_at or prog.budget_hit
   with stop_signals() as stop, _closing_on_error(ckpt, log, run.bar), run.clock, \
       prefetch_lib.EpochPrefetch(make_epoch, epoch_batches, first, num_epochs,
-                                 epoch_workers) as epochs:
+                                 epoch_workers) as epochs, contextlib.ExitStack() as closing:
+    programs = closing.enter_context(precompile_lib.Precompiler(
+        step_fn, run.state, rng, batch_sh["src"], tc.grad_accum_steps, micro)) if precompile else None
     while not done and prog.epoch < num_epochs:
       eb = epochs.get(prog.epoch)
       it = eb.iterator(prog.iterator)
+      if programs is not None:
+        programs.submit(eb.shapes((prog.iterator or {}).get("next_index", 0)))
       prog.iterator = None
       for local in it:
-        run.state, metrics = step_fn(run.state, sharding.global_batch(local, mesh, batch_dim=1),
-                                     rng)
+        run.state, metrics = run.step_for(local, step_fn, programs)(
+            run.state, sharding.global_batch(local, mesh, batch_dim=1), rng)
         run.step += 1
         step = run.step
         _bound_in_flight(run.in_flight, step, metrics, run.diverged)
@@ -375,6 +383,15 @@ class _Run:
         f"{self.tc.learning_rate:g}) or {self.name}.grad_clip; "
         + (f"the last good checkpoint (step {kept}) is kept in {self.train_dir}"
            if kept is not None else "no checkpoint was written"))
+
+  def step_for(self, local: dict, step_fn, programs: precompile_lib.Precompiler | None):
+    """The step to run on batch `local`: its shape's program from `programs` when there
+    is one (a wait for it counts as compile time), else the jitted `step_fn`."""
+    if programs is None:
+      return step_fn
+    compiled, waited_s = programs.get((local["src"].shape[-1], local["tgt"].shape[-1]))
+    self.clock.add(waited_s)
+    return step_fn if compiled is None else compiled
 
   def drain(self) -> None:
     """Waits for every step in flight and checks it (before a save or validation)."""
