@@ -238,8 +238,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   r.epoch_workers = 4 if paper else 0
   # Compile the step for each epoch's batch shapes in a background thread before the loop
   # meets them (trainer/precompile.py; the same programs): a new shape then stops the
-  # steps only while its program is not ready yet.
-  r.precompile = True
+  # steps only while its program is not ready yet. Off: on the 2-core host it halved the
+  # loop's waiting but the compiles took the steps' cores (1,584 against 1,618 steps in
+  # 10 minutes; README, Benchmarks). Not yet measured on an accelerator host, where the
+  # host's cores are free while the device steps.
+  r.precompile = False
   r.max_steps = 0  # Stop early after this many steps, schedule unchanged (0 = never; tests, debugging).
   # Wall-clock budget of the step loop; validate, save and stop when spent (0 = none; cpu:
   # a guard that keeps the pipeline inside 90 minutes on a slower host, schedule unchanged).

@@ -8,30 +8,20 @@ import pytest
 
 from gensar_jax import sharding
 from gensar_jax.trainer import precompile
-from gensar_jax.trainer import step as step_lib
 from tests.test_train import _config
 from tests.test_train import _model
 from tests.test_train import _planted
 from tests.test_train import _train
 from tests.test_train import _train_losses
+from tests.test_train import jitted_step
 
 
 def _step_and_state(micro_batches=2, rows=16):
-  model, params = _model()
-  tx, schedule = step_lib.make_optimizer(_config().train, total_steps=10)
-  mesh = sharding.make_mesh("data")
-  rep = sharding.replicated(mesh)
-  state = step_lib.init_state(params, tx)
-  state_sh = jax.tree.map(lambda _: rep, state)
-  batch_sh = sharding.batch_sharding(mesh, 1, 3)
-  step_fn = step_lib.jit_train_step(
-      step_lib.make_train_step(model, tx, schedule, mesh=mesh), state_sh,
-      {"src": batch_sh, "tgt": batch_sh}, rep)
-  rng = jax.device_put(jax.random.key(3), rep)
+  step_fn, state, rng, batch_sh = jitted_step()
   make = lambda s, t: sharding.global_batch(
       {"src": np.full((micro_batches, rows, s), 5, np.int32),
-       "tgt": np.full((micro_batches, rows, t), 7, np.int32)}, mesh, batch_dim=1)
-  return step_fn, jax.device_put(state, state_sh), rng, batch_sh, make
+       "tgt": np.full((micro_batches, rows, t), 7, np.int32)}, batch_sh.mesh, batch_dim=1)
+  return step_fn, state, rng, batch_sh, make
 
 
 def test_programs_compiled_ahead_give_the_jitted_steps_numbers():

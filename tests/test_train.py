@@ -108,6 +108,24 @@ def test_one_device_and_eight_devices_agree(tmp_path):
   assert _max_abs_diff(results["one"].params, results["fsdp"].params) < 1e-5
 
 
+def jitted_step(per_device: bool = True):
+  """(jitted step, its state placed on the mesh of every device, a key, the batch
+  sharding) for `_model()`: the train stage's step, its gradient summed per device
+  (`step.per_device_sums`) or by the partitioner."""
+  model, params = _model()
+  tx, schedule = step_lib.make_optimizer(_config().train, total_steps=10)
+  mesh = sharding.make_mesh("data")
+  rep = sharding.replicated(mesh)
+  state = step_lib.init_state(params, tx)
+  state_sh = jax.tree.map(lambda _: rep, state)
+  batch_sh = sharding.batch_sharding(mesh, 1, 3)
+  step_fn = step_lib.jit_train_step(
+      step_lib.make_train_step(model, tx, schedule, mesh=mesh if per_device else None),
+      state_sh, {"src": batch_sh, "tgt": batch_sh}, rep)
+  rng = jax.device_put(jax.random.key(3), rep)
+  return step_fn, jax.device_put(state, state_sh), rng, batch_sh
+
+
 def _while_bodies_with_all_reduce(hlo_text: str) -> list[str]:
   """Names of the while-loop bodies of compiled HLO text that run an all-reduce."""
   computations = dict(re.findall(r"^%?([\w.\-]+) [^\n]*\{\n(.*?)^\}", hlo_text, re.M | re.S))
@@ -121,20 +139,12 @@ def test_micro_batch_gradients_are_all_reduced_once_per_step():
   # partitioner (FSDP's path, `mesh=None`) the all-reduce runs inside the micro-batch
   # loop, once per micro-batch (~10% of the cpu preset's step, issue 23). Needs several
   # devices: the 8 simulated CPU ones (not `-m device`: an accelerator host may have one).
-  model, params = _model()
-  tx, schedule = step_lib.make_optimizer(_config().train, total_steps=10)
-  mesh = sharding.make_mesh("data")
-  rep = sharding.replicated(mesh)
-  state = step_lib.init_state(params, tx)
-  state_sh = jax.tree.map(lambda _: rep, state)
-  batch_sh = {k: sharding.batch_sharding(mesh, 1, 3) for k in ("src", "tgt")}
   n = 2 * jax.device_count()
   batch = {"src": np.ones((4, n, 12), np.int32), "tgt": np.ones((4, n, 3), np.int32)}
   loops = {}
-  for name, step_mesh in (("per device", mesh), ("partitioner", None)):
-    fn = step_lib.jit_train_step(step_lib.make_train_step(model, tx, schedule, mesh=step_mesh),
-                                 state_sh, batch_sh, rep)
-    hlo = fn.lower(state, batch, jax.random.key(0)).compile().as_text()
+  for name, per_device in (("per device", True), ("partitioner", False)):
+    fn, state, rng, _ = jitted_step(per_device)
+    hlo = fn.lower(state, batch, rng).compile().as_text()
     assert "all-reduce" in hlo, name
     loops[name] = _while_bodies_with_all_reduce(hlo)
   assert loops["per device"] == []
