@@ -140,7 +140,8 @@ class Progress:
 
 class Window:
   """The steps since the last log line: their metrics (on device) and sizes, and the
-  seconds JAX spent compiling in them (read from `clock`, when given)."""
+  seconds the loop spent compiling (or waiting for a compile) in them (read from
+  `clock`, when given)."""
 
   def __init__(self, restored_losses=(), clock: compile_clock.CompileClock | None = None):
     self.restored = [np.float32(x) for x in restored_losses]  # From a checkpoint.
