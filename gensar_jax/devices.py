@@ -2,7 +2,7 @@
 
 Prints the platform, the devices (kind, count, memory), the processes and the jax
 version; run it first on a new accelerator host (`launch/device_check.sh` does). JAX is
-imported only inside `describe`, so importing this module starts no backend.
+imported only inside its functions, so importing this module starts no backend.
 Memory per device is `device.memory_stats()["bytes_limit"]` where the backend reports
 it (GPU, TPU); elsewhere (CPU) it is `None`, printed as "unknown".
 
@@ -75,7 +75,7 @@ def split_cpu(n: int) -> str:
 
 
 def keep_freed_memory() -> str:
-  """Has glibc's malloc keep freed memory for reuse, and says what it did.
+  """On a CPU backend, has glibc's malloc keep freed memory for reuse; says what it did.
 
   By default glibc serves each large block (above a threshold of at most 32 MiB) with its
   own `mmap` and unmaps it when freed, and hands the free top of its heap back to the
@@ -84,8 +84,12 @@ def keep_freed_memory() -> str:
   cores in the kernel). Here large blocks come from the heap (`M_MMAP_MAX` 0), the heap
   is not trimmed below 2 GiB of free top (`M_TRIM_THRESHOLD`) and grows 256 MiB at a
   time (`M_TOP_PAD`). The process's resident memory then stays near its peak. Does
-  nothing where the C library has no `mallopt` (not glibc).
+  nothing off a CPU backend, or where the C library has no `mallopt` (not glibc).
   """
+  import jax  # pylint: disable=g-import-not-at-top
+
+  if jax.default_backend() != "cpu":
+    return f"malloc: left as it is on the {jax.default_backend()} backend"
   try:
     mallopt = ctypes.CDLL(None).mallopt
   except (OSError, AttributeError):

@@ -131,10 +131,7 @@ def _run(config, workdir: str, verbose: bool = False) -> None:
   if config.get("xla_cache", False):
     enable_xla_cache(pathlib.Path(workdir) / XLA_CACHE)
   if config.get("cpu_keep_freed_memory", False):
-    import jax  # pylint: disable=g-import-not-at-top
-
-    if jax.default_backend() == "cpu":
-      logging.info(devices.keep_freed_memory())
+    logging.info(devices.keep_freed_memory())
   try:
     summaries = pipeline.run(config, workdir)
     print(outputs_text(pathlib.Path(workdir), summaries), flush=True)

@@ -273,11 +273,11 @@ def profile(step_fn, state, host, mesh, key, hlo_of: dict, trace_dir: str) -> di
 def main(argv):
   del argv
   shape = _SHAPE.value
-  n_cpu = _CPU_DEVICES.value if _CPU_DEVICES.value >= 0 else preset("cpu").cpu_devices
+  cpu_preset = preset("cpu")
+  n_cpu = _CPU_DEVICES.value if _CPU_DEVICES.value >= 0 else cpu_preset.cpu_devices
   print(devices.split_cpu(n_cpu), flush=True)
   keep = _KEEP_MEMORY.value
-  if (preset("cpu").cpu_keep_freed_memory if keep is None else keep) and (
-      jax.default_backend() == "cpu"):
+  if cpu_preset.cpu_keep_freed_memory if keep is None else keep:
     print(devices.keep_freed_memory(), flush=True)
   model, state, step_fn, mesh, batch_size, train_cfg = setup(shape, _BATCH.value, _DTYPE.value)
   cfg = model.config
