@@ -214,8 +214,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   r.epochs = 200.0 if paper else 4.0  # Passes over the task mixture (a fraction ends partway; sets the schedule).
   # Optimizer steps of the run, overriding epochs (0 = from epochs): equal compute on any
   # dataset (cpu: 33 minutes of mixture steps at ~240 examples/s on 2 Intel Xeon cores
-  # (1cae491), 49 minutes at ~163 on 2 AMD EPYC cores in micro-batches: inside the guard
-  # below, so min_passes holds on a slower host).
+  # (1cae491); on 2 AMD EPYC cores in micro-batches 49 minutes at ~163, and 39 at ~223 on
+  # f4acf85's step: inside the guard below, so min_passes holds on a slower host).
   r.steps = 0 if paper else 6600
   r.grad_clip = 1.0  # Global gradient-norm clip.
   r.label_smoothing = 0.0  # Target weight spread uniformly over the vocabulary (0 = none, the paper's).

@@ -29,6 +29,36 @@ def load_config(name: str, arg: str | None = None):
   return config_files.load_module(CONFIGS / f"{name}.py").get_config(arg)
 
 
+# Test files that share a session fixture, kept on one worker under xdist (`-n`): they
+# would each build it otherwise. Every other file is a unit of its own.
+_SHARED_FIXTURE_FILES = {"tests/test_end_to_end.py": "tiny_run",
+                         "tests/test_reliability_pipeline.py": "tiny_run"}
+MAX_AUTO_WORKERS = 4  # `-n auto`: a worker with 8 simulated devices grows to ~4.6 GB (measured).
+
+
+@pytest.hookimpl(optionalhook=True)  # Defined by pytest-xdist.
+def pytest_xdist_make_scheduler(config, log):
+  """Under `-n N`, sends each test file to one worker whole (its module fixtures are built
+  once) and the files of `_SHARED_FIXTURE_FILES` to the same one: xdist's `loadfile`
+  with those files merged. (Its `loadgroup` marks do not reach the scheduler under
+  pytest 9.)"""
+  from xdist.scheduler import LoadScopeScheduling  # pylint: disable=g-import-not-at-top
+
+  class FileScheduling(LoadScopeScheduling):
+    def _split_scope(self, nodeid: str) -> str:
+      path = nodeid.split("::", 1)[0]
+      return _SHARED_FIXTURE_FILES.get(path, path)
+
+  return FileScheduling(config, log)
+
+
+@pytest.hookimpl(optionalhook=True)  # Defined by pytest-xdist.
+def pytest_xdist_auto_num_workers(config):
+  """`-n auto`: one worker per core, at most `MAX_AUTO_WORKERS`."""
+  del config
+  return max(1, min(os.cpu_count() or 1, MAX_AUTO_WORKERS))
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
   """Every stage on the tiny world of `test_end_to_end.tiny_config`, run once per session
