@@ -38,10 +38,13 @@ MAX_AUTO_WORKERS = 4  # `-n auto`: a worker with 8 simulated devices grows to ~4
 
 @pytest.hookimpl(optionalhook=True)  # Defined by pytest-xdist.
 def pytest_xdist_make_scheduler(config, log):
-  """Under `-n N`, sends each test file to one worker whole (its module fixtures are built
-  once) and the files of `_SHARED_FIXTURE_FILES` to the same one: xdist's `loadfile`
-  with those files merged. (Its `loadgroup` marks do not reach the scheduler under
-  pytest 9.)"""
+  """Under `-n N` (xdist's default `--dist load`, or `loadfile`), sends each test file to
+  one worker whole (its module fixtures are built once) and the files of
+  `_SHARED_FIXTURE_FILES` to the same one: `loadfile` with those files merged. (xdist's
+  `loadgroup` marks do not reach its scheduler under pytest 9.) Another `--dist` mode
+  is left to xdist."""
+  if config.getvalue("dist") not in ("load", "loadfile"):
+    return None
   from xdist.scheduler import LoadScopeScheduling  # pylint: disable=g-import-not-at-top
 
   class FileScheduling(LoadScopeScheduling):
